@@ -1,0 +1,587 @@
+"""The alert queue's data access: every SQL statement on the queue and incident tables.
+
+Pure data access. It takes the session it is given, may flush, and never commits or rolls
+back: the caller owns the transaction. It makes no decision (retry, backoff, ordering); it
+only carries out the ones it is handed.
+
+The nine methods of the seed's contract keep their names, parameters and meaning. Where the
+seed returned ``None`` they return whether the row changed (``bool``). The ``alerts_*``
+methods are the set-based statements the engine's hot path uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    CursorResult,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+from sqlalchemy.orm.attributes import set_committed_value
+
+from alertq.models import AlertStatus, CostSimAlertQueueModel, CostSimCBIncidentModel
+
+Q = CostSimAlertQueueModel
+PENDING = AlertStatus.PENDING.value
+SENT = AlertStatus.SENT.value
+FAILED = AlertStatus.FAILED.value
+SUPERSEDED = AlertStatus.SUPERSEDED.value
+
+NOTIFY_CHANNEL = "alertq_enqueued"
+PURGE_BATCH = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedAlert:
+    """A row leased by :meth:`AlertDriver.alerts_claim`, as the engine needs it."""
+
+    id: int
+    payload: list[dict[str, Any]]
+    alert_type: str | None
+    incident_id: str | None
+    fingerprint: str | None
+    attempts: int
+    max_attempts: int
+    delivered_to: list[str]
+    created_at: datetime
+    reclaimed: bool
+    """The row was still leased by another claim whose lease had expired (a dead worker)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """What ``alertq worker --drain`` waits on."""
+
+    due: int
+    leased: int
+    next_due_at: datetime | None
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount) if isinstance(result, CursorResult) else 0
+
+
+class AlertDriver:
+    """Data access for the alert queue (the seed's ``AlertDriver``).
+
+    Pure database access, no business logic, no HTTP. Transaction management is the
+    caller's.
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def _dialect(self) -> str:
+        return self.session.get_bind().dialect.name
+
+    # ------------------------------------------------------------------ seed contract
+
+    async def fetch_pending_alerts(self, now: datetime, batch_size: int) -> list[Q]:
+        """Due rows (``pending`` and ``next_attempt_at <= now``), oldest due first.
+
+        On PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED`` until the caller's
+        transaction ends, so concurrent callers get disjoint rows.
+        """
+        stmt = (
+            select(Q)
+            .where(Q.status == PENDING, Q.next_attempt_at <= now)
+            .order_by(Q.next_attempt_at, Q.id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def fetch_queue_stats(self) -> dict[str, Any]:
+        """Counts by status and the oldest pending row, in one grouped query.
+
+        Returns ``{"pending": n, "sent": n, "failed": n, <any other status>: n,
+        "total": n, "oldest_pending_created_at": datetime | None,
+        "oldest_pending_due_at": datetime | None}``. The three legacy statuses are always
+        present; datetimes are aware UTC.
+        """
+        stmt = select(
+            Q.status, func.count(), func.min(Q.created_at), func.min(Q.next_attempt_at)
+        ).group_by(Q.status)
+        stats: dict[str, Any] = {PENDING: 0, SENT: 0, FAILED: 0}
+        oldest_created: datetime | None = None
+        oldest_due: datetime | None = None
+        for status, count, min_created, min_due in (await self.session.execute(stmt)).all():
+            stats[status] = int(count)
+            if status == PENDING:
+                oldest_created, oldest_due = min_created, min_due
+        stats["total"] = sum(v for k, v in stats.items())
+        stats["oldest_pending_created_at"] = _aware(oldest_created)
+        stats["oldest_pending_due_at"] = _aware(oldest_due)
+        return stats
+
+    async def update_alert_sent(self, alert: Q, sent_at: datetime) -> bool:
+        """Mark ``alert`` sent at ``sent_at`` (stored in ``sent_at``, unlike the legacy driver).
+
+        Fenced: returns False, changing nothing, if the row was claimed again since
+        ``alert`` was loaded.
+        """
+        return await self._update_fenced(
+            alert,
+            status=SENT,
+            sent_at=sent_at,
+            last_error=None,
+            leased_until=None,
+            leased_by=None,
+        )
+
+    async def update_alert_retry(
+        self,
+        alert: Q,
+        last_attempt_at: datetime,
+        next_attempt_at: datetime,
+        last_error: str | None,
+    ) -> bool:
+        """Count an attempt and schedule the next one. Fenced like :meth:`update_alert_sent`."""
+        return await self._update_fenced(
+            alert,
+            status=PENDING,
+            attempts=alert.attempts + 1,
+            last_attempt_at=last_attempt_at,
+            next_attempt_at=next_attempt_at,
+            last_error=last_error,
+            leased_until=None,
+            leased_by=None,
+        )
+
+    async def update_alert_failed(
+        self, alert: Q, last_attempt_at: datetime, last_error: str | None
+    ) -> bool:
+        """Count an attempt and mark the row permanently failed. Fenced."""
+        return await self._update_fenced(
+            alert,
+            status=FAILED,
+            attempts=alert.attempts + 1,
+            last_attempt_at=last_attempt_at,
+            last_error=last_error,
+            leased_until=None,
+            leased_by=None,
+        )
+
+    async def mark_incident_alert_sent(
+        self, incident_id: str, sent_at: datetime, response: str | None = None
+    ) -> bool:
+        """Record that the incident's first alert was accepted. Later calls change nothing.
+
+        ``response`` (an extension) is stored in ``alert_response``.
+        """
+        stmt = (
+            update(CostSimCBIncidentModel)
+            .where(
+                CostSimCBIncidentModel.id == incident_id,
+                CostSimCBIncidentModel.alert_sent.is_(False),
+            )
+            .values(alert_sent=True, alert_sent_at=sent_at, alert_response=response)
+        )
+        return _rowcount(await self.session.execute(stmt)) > 0
+
+    async def insert_alert(
+        self,
+        payload: list[dict[str, Any]],
+        alert_type: str,
+        circuit_breaker_name: str | None,
+        incident_id: str | None,
+        *,
+        fingerprint: str | None = None,
+        max_attempts: int | None = None,
+        now: datetime | None = None,
+    ) -> Q:
+        """Insert a pending row, due at once (or at ``now``), and return it.
+
+        ``fingerprint`` and ``max_attempts`` are extensions; the payload is stored as given
+        (validation is the caller's: :func:`alertq.enqueue.enqueue_alert`).
+        """
+        values: dict[str, Any] = {
+            "payload": payload,
+            "alert_type": alert_type,
+            "circuit_breaker_name": circuit_breaker_name,
+            "incident_id": incident_id,
+            "fingerprint": fingerprint,
+            "status": PENDING,
+            "attempts": 0,
+            "delivered_to": [],
+        }
+        if max_attempts is not None:
+            values["max_attempts"] = max_attempts
+        if now is not None:
+            values["next_attempt_at"] = now
+            values["created_at"] = now
+        stmt = insert(Q).values(**values).returning(Q)
+        row = (await self.session.scalars(stmt)).one()
+        return row
+
+    async def retry_failed_alerts(
+        self, max_retries: int, now: datetime, *, ids: Sequence[int] | None = None
+    ) -> int:
+        """Give failed rows ``max_retries`` more attempts, due at ``now``; return how many.
+
+        As in the legacy system, rows qualify while ``attempts < max_attempts + max_retries``.
+        A row that a newer row with the same fingerprint has overtaken stays failed: sending
+        it would put a stale state into Alertmanager. ``ids`` (an extension) limits it to
+        those rows.
+        """
+        newer = aliased(Q)
+        stmt = (
+            update(Q)
+            .where(
+                Q.status == FAILED,
+                Q.attempts < Q.max_attempts + max_retries,
+                or_(
+                    Q.fingerprint.is_(None),
+                    ~exists().where(newer.fingerprint == Q.fingerprint, newer.id > Q.id),
+                ),
+            )
+            .values(
+                status=PENDING,
+                max_attempts=Q.max_attempts + max_retries,
+                next_attempt_at=now,
+                leased_until=None,
+                leased_by=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if ids is not None:
+            stmt = stmt.where(Q.id.in_(list(ids)))
+        return _rowcount(await self.session.execute(stmt))
+
+    async def purge_old_alerts(
+        self, cutoff: datetime, statuses: list[str], *, batch_size: int = PURGE_BATCH
+    ) -> int:
+        """Delete rows created before ``cutoff`` whose status is in ``statuses``.
+
+        Deletes in batches of ``batch_size`` walking the primary key, so no statement
+        touches more than that many rows. Returns the total deleted. To also release
+        locks between batches, commit between calls of :meth:`purge_batch`.
+        """
+        total, after_id = 0, 0
+        while True:
+            deleted, after_id = await self.purge_batch(cutoff, statuses, after_id, batch_size)
+            total += deleted
+            if deleted == 0:
+                return total
+
+    # ------------------------------------------------------------------ extensions
+
+    async def purge_batch(
+        self, cutoff: datetime, statuses: Sequence[str], after_id: int, limit: int
+    ) -> tuple[int, int]:
+        """Delete up to ``limit`` purgeable rows with ``id > after_id``.
+
+        Returns ``(deleted, last_id)``; ``last_id`` is where the next batch starts.
+        """
+        ids_stmt = (
+            select(Q.id)
+            .where(Q.id > after_id, Q.created_at < cutoff, Q.status.in_(list(statuses)))
+            .order_by(Q.id)
+            .limit(limit)
+        )
+        ids = list((await self.session.scalars(ids_stmt)).all())
+        if not ids:
+            return 0, after_id
+        stmt = delete(Q).where(Q.id.in_(ids), Q.status.in_(list(statuses)))
+        deleted = _rowcount(
+            await self.session.execute(stmt.execution_options(synchronize_session=False))
+        )
+        return deleted, ids[-1]
+
+    async def alerts_claim(
+        self,
+        now: datetime,
+        batch_size: int,
+        lease_until: datetime,
+        lease_token: int,
+        worker_id: str,
+    ) -> list[ClaimedAlert]:
+        """Lease up to ``batch_size`` due rows in one statement and return them.
+
+        Due means pending with ``next_attempt_at <= now``; a row whose lease expired is due
+        again, so a dead worker's rows are reclaimed here, with no janitor. A row is skipped
+        while another row with the same fingerprint is leased, so one label set is never
+        in flight twice. Each claimed row counts an attempt, gets ``lease_token`` (the
+        fence for recording its outcome) and becomes due again at ``lease_until``.
+        """
+        inflight = aliased(Q)
+        candidates = (
+            select(Q.id, Q.leased_until)
+            .where(
+                Q.status == PENDING,
+                Q.next_attempt_at <= now,
+                or_(
+                    Q.fingerprint.is_(None),
+                    ~exists().where(
+                        inflight.fingerprint == Q.fingerprint,
+                        inflight.status == PENDING,
+                        inflight.leased_until > now,
+                        inflight.id != Q.id,
+                    ),
+                ),
+            )
+            .order_by(Q.next_attempt_at, Q.id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True, of=Q)
+        )
+        lease = {
+            "attempts": Q.attempts + 1,
+            "last_attempt_at": now,
+            "next_attempt_at": lease_until,
+            "leased_until": lease_until,
+            "lease_token": lease_token,
+            "leased_by": worker_id,
+        }
+        columns = (
+            Q.id,
+            Q.payload,
+            Q.alert_type,
+            Q.incident_id,
+            Q.fingerprint,
+            Q.attempts,
+            Q.max_attempts,
+            Q.delivered_to,
+            Q.created_at,
+        )
+        if self._dialect == "postgresql":
+            # One statement: lock, lease and return, with the previous lease for reclaims.
+            sub = candidates.subquery()
+            stmt = (
+                update(Q)
+                .where(Q.id == sub.c.id)
+                .values(**lease)
+                .returning(*columns, sub.c.leased_until)
+                .execution_options(synchronize_session=False)
+            )
+            rows: list[Any] = list((await self.session.execute(stmt)).all())
+        else:
+            # SQLite cannot return a joined column; its writers are serialised (BEGIN
+            # IMMEDIATE), so reading the candidates first is just as safe.
+            previous = {r[0]: r[1] for r in (await self.session.execute(candidates)).all()}
+            if not previous:
+                return []
+            stmt = (
+                update(Q)
+                .where(Q.id.in_(list(previous)))
+                .values(**lease)
+                .returning(*columns)
+                .execution_options(synchronize_session=False)
+            )
+            rows = [(*r, previous[r[0]]) for r in (await self.session.execute(stmt)).all()]
+        claimed = [
+            ClaimedAlert(
+                id=r[0],
+                payload=r[1],
+                alert_type=r[2],
+                incident_id=r[3],
+                fingerprint=r[4],
+                attempts=r[5],
+                max_attempts=r[6],
+                delivered_to=list(r[7] or []),
+                created_at=_aware(r[8]) or now,
+                reclaimed=r[9] is not None,
+            )
+            for r in rows
+        ]
+        claimed.sort(key=lambda c: c.id)
+        return claimed
+
+    async def alerts_mark_sent(
+        self,
+        ids: Sequence[int],
+        lease_token: int,
+        sent_at: datetime,
+        delivered_to: list[str],
+    ) -> list[int]:
+        """Mark leased rows sent; returns the ids whose lease was still ``lease_token``."""
+        return await self._record(
+            ids,
+            lease_token,
+            status=SENT,
+            sent_at=sent_at,
+            last_error=None,
+            delivered_to=delivered_to,
+        )
+
+    async def alerts_schedule_retry(
+        self,
+        ids: Sequence[int],
+        lease_token: int,
+        next_attempt_at: datetime,
+        last_error: str,
+        delivered_to: list[str],
+    ) -> list[int]:
+        """Release leased rows to be tried again at ``next_attempt_at``; fenced."""
+        return await self._record(
+            ids,
+            lease_token,
+            status=PENDING,
+            next_attempt_at=next_attempt_at,
+            last_error=last_error,
+            delivered_to=delivered_to,
+        )
+
+    async def alerts_mark_failed(
+        self, ids: Sequence[int], lease_token: int, last_error: str, delivered_to: list[str]
+    ) -> list[int]:
+        """Dead-letter leased rows with ``last_error``; fenced."""
+        return await self._record(
+            ids, lease_token, status=FAILED, last_error=last_error, delivered_to=delivered_to
+        )
+
+    async def alerts_mark_superseded(
+        self, ids: Sequence[int], lease_token: int, reason: str
+    ) -> list[int]:
+        """Retire leased rows a newer row with the same fingerprint replaces; fenced."""
+        return await self._record(ids, lease_token, status=SUPERSEDED, last_error=reason)
+
+    async def alerts_release(self, ids: Sequence[int], lease_token: int, now: datetime) -> int:
+        """Hand back leased rows that were never sent: due at ``now``, the attempt uncounted."""
+        stmt = (
+            update(Q)
+            .where(Q.id.in_(list(ids)), Q.lease_token == lease_token, Q.status == PENDING)
+            .values(
+                next_attempt_at=now,
+                leased_until=None,
+                leased_by=None,
+                attempts=case((Q.attempts > 0, Q.attempts - 1), else_=0),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return _rowcount(await self.session.execute(stmt))
+
+    async def alerts_supersede_older(self, fingerprints: Sequence[str], now: datetime) -> int:
+        """Retire pending, unleased rows older than the newest row of their fingerprint.
+
+        "Newest" is the highest id among pending and sent rows; a leased row is left alone
+        (its outcome is recorded first, then this runs again for it).
+        """
+        if not fingerprints:
+            return 0
+        newer = aliased(Q)
+        stmt = (
+            update(Q)
+            .where(
+                Q.status == PENDING,
+                Q.fingerprint.in_(list(fingerprints)),
+                or_(Q.leased_until.is_(None), Q.leased_until <= now),
+                exists().where(
+                    newer.fingerprint == Q.fingerprint,
+                    newer.id > Q.id,
+                    newer.status.in_([PENDING, SENT]),
+                ),
+            )
+            .values(
+                status=SUPERSEDED,
+                last_error="superseded by a newer alert with the same labels",
+                leased_until=None,
+                leased_by=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return _rowcount(await self.session.execute(stmt))
+
+    async def alerts_counts(self, now: datetime) -> QueueCounts:
+        """Due rows, leased rows and the earliest future ``next_attempt_at``, in one query."""
+        leased = and_(Q.leased_until.is_not(None), Q.leased_until > now)
+        due = and_(Q.next_attempt_at <= now, ~leased)
+        stmt = select(
+            func.count().filter(due),
+            func.count().filter(leased),
+            func.min(Q.next_attempt_at),
+        ).where(Q.status == PENDING)
+        due_n, leased_n, next_due = (await self.session.execute(stmt)).one()
+        return QueueCounts(due=int(due_n), leased=int(leased_n), next_due_at=_aware(next_due))
+
+    async def alerts_get(self, alert_id: int) -> Q | None:
+        """One row by id."""
+        return await self.session.get(Q, alert_id)
+
+    async def alerts_list(
+        self,
+        status: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[Q]:
+        """Rows newest first, optionally of one status, keyset-paginated by ``before_id``."""
+        stmt = select(Q).order_by(Q.id.desc()).limit(limit)
+        if status is not None:
+            stmt = stmt.where(Q.status == status)
+        if before_id is not None:
+            stmt = stmt.where(Q.id < before_id)
+        return list((await self.session.scalars(stmt)).all())
+
+    async def notify_enqueued(self) -> None:
+        """On PostgreSQL, NOTIFY workers; delivered when the caller's transaction commits.
+
+        PostgreSQL folds identical notifications of one transaction into one.
+        """
+        if self._dialect == "postgresql":
+            await self.session.execute(select(func.pg_notify(literal(NOTIFY_CHANNEL), literal(""))))
+
+    # ------------------------------------------------------------------ internals
+
+    async def _record(
+        self, ids: Sequence[int], lease_token: int, *, status: str, **values: Any
+    ) -> list[int]:
+        if not ids:
+            return []
+        stmt = (
+            update(Q)
+            .where(Q.id.in_(list(ids)), Q.lease_token == lease_token, Q.status == PENDING)
+            .values(status=status, leased_until=None, leased_by=None, **values)
+            .returning(Q.id)
+            .execution_options(synchronize_session=False)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def _update_fenced(self, alert: Q, **values: Any) -> bool:
+        stmt = (
+            update(Q)
+            .where(Q.id == alert.id, Q.lease_token == alert.lease_token)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        applied = _rowcount(await self.session.execute(stmt)) > 0
+        if applied:
+            for key, value in values.items():
+                set_committed_value(alert, key, value)
+        return applied
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # Aggregates bypass the column type, so SQLite hands back naive values or strings.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def get_alert_driver(session: AsyncSession) -> AlertDriver:
+    """Factory function to get an :class:`AlertDriver` for ``session``."""
+    return AlertDriver(session)
+
+
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "AlertDriver",
+    "ClaimedAlert",
+    "QueueCounts",
+    "get_alert_driver",
+]

@@ -1,0 +1,1 @@
+"""Alembic migrations for alertq's schema (run with ``alertq db upgrade``)."""

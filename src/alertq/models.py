@@ -1,0 +1,199 @@
+"""The three tables, with the legacy names and columns kept, and the columns alertq adds.
+
+One set of models serves SQLite and PostgreSQL: JSON becomes JSONB on PostgreSQL, and every
+timestamp goes in and comes out as an aware UTC ``datetime`` on both.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class AlertStatus(StrEnum):
+    """Where a queue row is in its life. ``pending`` rows may be leased (see ``leased_until``)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always an aware UTC datetime in Python.
+
+    Naive datetimes are refused on the way in (they are ambiguous); SQLite's naive values
+    are read back as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "%(table_name)s_pkey",
+    }
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY, not BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+    type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012
+
+
+class CostSimAlertQueueModel(Base):
+    """One Alertmanager payload (a list of alerts) waiting for, or done with, delivery."""
+
+    __tablename__ = "costsim_alert_queue"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    payload: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, nullable=False)
+    alert_type: Mapped[str | None] = mapped_column(Text)
+    circuit_breaker_name: Mapped[str | None] = mapped_column(Text)
+    incident_id: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=10, server_default="10"
+    )
+    last_attempt_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        nullable=False, default=lambda: datetime.now(UTC), server_default=func.now()
+    )
+    last_error: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(
+        Text, nullable=False, default=AlertStatus.PENDING.value, server_default="pending"
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        nullable=False, default=lambda: datetime.now(UTC), server_default=func.now()
+    )
+
+    # Added by alertq.
+    sent_at: Mapped[datetime | None]
+    fingerprint: Mapped[str | None] = mapped_column(Text)
+    """Identity of the payload's label set(s): rows with the same one are delivered in order."""
+    leased_until: Mapped[datetime | None]
+    """Set while a worker holds the row; ``next_attempt_at`` equals it, so expiry makes it due."""
+    lease_token: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    """Fencing token, bumped by every claim: an outcome is recorded only with the current one."""
+    leased_by: Mapped[str | None] = mapped_column(Text)
+    delivered_to: Mapped[list[str]] = mapped_column(
+        JSONType, nullable=False, default=list, server_default=text("'[]'")
+    )
+    """Alertmanager targets that have accepted this row, so a retry skips them."""
+
+    __table_args__ = (
+        Index("idx_costsim_alert_queue_next", "next_attempt_at"),
+        Index("idx_costsim_alert_queue_status", "status"),
+        Index(
+            "ix_costsim_alert_queue_due",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_costsim_alert_queue_pending_fingerprint",
+            "fingerprint",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index("ix_costsim_alert_queue_incident_id", "incident_id"),
+    )
+
+
+class CostSimCBIncidentModel(Base):
+    """One trip of a circuit breaker, from trip to resolution."""
+
+    __tablename__ = "costsim_cb_incidents"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    circuit_breaker_name: Mapped[str] = mapped_column(Text, nullable=False, index=True)
+    timestamp: Mapped[datetime] = mapped_column(
+        nullable=False, default=lambda: datetime.now(UTC), server_default=func.now(), index=True
+    )
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    severity: Mapped[str] = mapped_column(Text, nullable=False)
+    drift_score: Mapped[float | None] = mapped_column(Float)
+    sample_count: Mapped[int | None] = mapped_column(Integer)
+    details_json: Mapped[str | None] = mapped_column(Text)
+    resolved: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false"), index=True
+    )
+    resolved_at: Mapped[datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(Text)
+    resolution_notes: Mapped[str | None] = mapped_column(Text)
+    alert_sent: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
+    alert_sent_at: Mapped[datetime | None]
+    alert_response: Mapped[str | None] = mapped_column(Text)
+
+
+class CostSimCBStateModel(Base):
+    """The current state of one named circuit breaker."""
+
+    __tablename__ = "costsim_cb_state"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False, unique=True, index=True)
+    disabled: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
+    disabled_by: Mapped[str | None] = mapped_column(Text)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    disabled_until: Mapped[datetime | None]
+    incident_id: Mapped[str | None] = mapped_column(Text)
+    consecutive_failures: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    last_failure_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(
+        nullable=False, default=lambda: datetime.now(UTC), server_default=func.now()
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        nullable=False, default=lambda: datetime.now(UTC), server_default=func.now()
+    )
