@@ -1,0 +1,407 @@
+"""Alertmanager payload rules and fingerprints. Pure: no I/O.
+
+A payload is what ``POST /api/v2/alerts`` takes: a JSON array of alerts. alertq checks it
+when it is enqueued, more strictly than Alertmanager 0.25 does, so a row that enters the
+queue can never be refused for its content later (a refusal would dead-letter it):
+
+* a non-empty list of at most :data:`MAX_ALERTS_PER_PAYLOAD` alerts, at most
+  :data:`MAX_PAYLOAD_BYTES` as JSON;
+* each alert an object with only the keys in :data:`ALLOWED_ALERT_KEYS`;
+* ``labels`` a non-empty object that includes ``alertname``; label and annotation names
+  match ``[a-zA-Z_][a-zA-Z0-9_]*`` (Alertmanager's classic rule); values are strings,
+  label values non-empty (Alertmanager drops empty-valued labels before fingerprinting);
+* ``startsAt`` / ``endsAt`` RFC 3339 with a ``Z`` or ``±hh:mm`` offset, ``endsAt >= startsAt``;
+* ``generatorURL`` an absolute URI;
+* no two alerts with the same label set;
+* every string valid UTF-8 (no lone surrogates) without NUL, which PostgreSQL's
+  ``jsonb`` cannot store.
+
+Every violation raises :class:`InvalidAlertPayload`, and nothing else is raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ALLOWED_ALERT_KEYS",
+    "MAX_ALERTS_PER_PAYLOAD",
+    "MAX_PAYLOAD_BYTES",
+    "InvalidAlertPayload",
+    "label_fingerprint",
+    "parse_payload",
+    "payload_fingerprint",
+    "validate_payload",
+]
+
+MAX_ALERTS_PER_PAYLOAD = 256
+"""One Alertmanager batch, as Prometheus sends it."""
+
+MAX_PAYLOAD_BYTES = 1_000_000
+"""Limit on the payload as compact UTF-8 JSON (and on the raw text given to parse_payload)."""
+
+ALLOWED_ALERT_KEYS = ("labels", "annotations", "startsAt", "endsAt", "generatorURL")
+"""The keys of an alert, in the order the normalised copy has them."""
+
+_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# RFC 3339 as Go's time.RFC3339 parses it: upper-case T and Z, at most nanoseconds.
+_RFC3339_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|([+-])(\d{2}):(\d{2}))"
+)
+_ECHO_MAX = 80
+
+_FNV64_OFFSET = 14695981039346656037
+_FNV64_PRIME = 1099511628211
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+_SEP = 0xFF  # prometheus/common model.SeparatorByte: never occurs in UTF-8
+
+
+class InvalidAlertPayload(ValueError):
+    """A payload (or enqueue argument) that breaks a rule; the only error this module raises.
+
+    ``index`` is the alert's position in the payload (None for the payload as a whole),
+    ``field`` the dotted path inside the alert (e.g. ``labels.severity``) or None, and
+    ``rule`` what was broken. ``str(exc)`` is one line: ``alert[2].labels.severity: ...``
+    (``payload: ...`` for the payload as a whole, ``alert_type: ...`` for an enqueue
+    argument, where ``index`` is None and ``field`` names the argument).
+    """
+
+    index: int | None
+    field: str | None
+    rule: str
+
+    def __init__(self, rule: str, *, index: int | None = None, field: str | None = None) -> None:
+        self.index = index
+        self.field = field
+        self.rule = rule
+        super().__init__(_format(index, field, rule))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.rule, self.index, self.field))
+
+
+def _rebuild(rule: str, index: int | None, field: str | None) -> InvalidAlertPayload:
+    return InvalidAlertPayload(rule, index=index, field=field)
+
+
+def _format(index: int | None, field: str | None, rule: str) -> str:
+    if index is None:
+        where = field or "payload"  # a field without an index is an enqueue argument
+    else:
+        where = f"alert[{index}].{field}" if field else f"alert[{index}]"
+    return f"{where}: {rule}"
+
+
+def _echo(value: str) -> str:
+    """A short, one-line, printable rendering of a user string for an error message."""
+    if len(value) > _ECHO_MAX:
+        return repr(value[:_ECHO_MAX]) + f"... ({len(value)} chars)"
+    return repr(value)
+
+
+def _type(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidAlertPayload(f"duplicate JSON object key {_echo(key)}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidAlertPayload(f"not valid JSON: {name} is not a JSON value")
+
+
+def parse_payload(raw: str | bytes) -> list[dict[str, Any]]:
+    """Parse JSON text and :func:`validate_payload` it.
+
+    Raises :class:`InvalidAlertPayload` for text over :data:`MAX_PAYLOAD_BYTES`, invalid
+    UTF-8, invalid JSON (including ``NaN`` / ``Infinity`` and duplicate object keys, which
+    JSON parsers resolve differently) and anything :func:`validate_payload` refuses.
+    """
+    if isinstance(raw, bytes | bytearray | memoryview):
+        data = bytes(raw)
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise InvalidAlertPayload(
+                f"payload too large: {len(data)} bytes (max {MAX_PAYLOAD_BYTES})"
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidAlertPayload(f"not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
+    elif isinstance(raw, str):
+        text = raw
+        if len(text) > MAX_PAYLOAD_BYTES:
+            raise InvalidAlertPayload(
+                f"payload too large: {len(text)} characters (max {MAX_PAYLOAD_BYTES} bytes)"
+            )
+    else:
+        raise InvalidAlertPayload(f"JSON text must be str or bytes (got {_type(raw)})")
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidAlertPayload(
+            f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise InvalidAlertPayload("not valid JSON: nested too deeply") from None
+    return validate_payload(value)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _check_text(value: str, index: int, field: str, what: str) -> None:
+    """Valid UTF-8 (no lone surrogates) and no NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidAlertPayload(
+            f"{what} is not valid UTF-8 (lone surrogate): {_echo(value)}",
+            index=index,
+            field=field,
+        ) from None
+    if "\x00" in value:
+        raise InvalidAlertPayload(
+            f"{what} must not contain NUL (\\u0000): {_echo(value)}", index=index, field=field
+        )
+
+
+def _check_name(name: object, index: int, field: str, what: str) -> str:
+    if not isinstance(name, str):
+        raise InvalidAlertPayload(
+            f"{what} name must be a string (got {_type(name)})", index=index, field=field
+        )
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidAlertPayload(
+            f"invalid {what} name {_echo(name)}: must match [a-zA-Z_][a-zA-Z0-9_]*",
+            index=index,
+            field=field,
+        )
+    return name
+
+
+def _check_string_map(
+    value: object, index: int, field: str, what: str, *, allow_empty_values: bool
+) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise InvalidAlertPayload(
+            f"{field} must be an object of {what} names to strings (got {_type(value)})",
+            index=index,
+            field=field,
+        )
+    result: dict[str, str] = {}
+    for raw_name, raw_value in value.items():
+        name = _check_name(raw_name, index, field, what)
+        path = f"{field}.{name}"
+        if not isinstance(raw_value, str):
+            raise InvalidAlertPayload(
+                f"{what} value must be a string (got {_type(raw_value)})", index=index, field=path
+            )
+        if not raw_value and not allow_empty_values:
+            raise InvalidAlertPayload(
+                f"{what} value must not be empty (Alertmanager drops empty-valued labels, "
+                "changing the label set); omit the label instead",
+                index=index,
+                field=path,
+            )
+        _check_text(raw_value, index, path, f"{what} value")
+        result[name] = str(raw_value)
+    return result
+
+
+def _parse_time(value: object, index: int, field: str) -> tuple[datetime, int]:
+    """An RFC 3339 string → (UTC datetime to the second, nanoseconds), for comparison."""
+    if not isinstance(value, str):
+        raise InvalidAlertPayload(
+            f"must be an RFC 3339 timestamp string (got {_type(value)})", index=index, field=field
+        )
+    match = _RFC3339_RE.fullmatch(value)
+    if match is None:
+        raise InvalidAlertPayload(
+            f"not an RFC 3339 timestamp with a timezone (e.g. 2024-05-01T12:00:00Z): "
+            f"{_echo(value)}",
+            index=index,
+            field=field,
+        )
+    year, month, day, hour, minute, second, frac, zone, sign, off_h, off_m = match.groups()
+    try:
+        tz = UTC
+        if zone != "Z":
+            if int(off_h) > 23 or int(off_m) > 59:
+                raise ValueError("offset out of range")
+            offset = timedelta(hours=int(off_h), minutes=int(off_m))
+            tz = timezone(-offset if sign == "-" else offset)
+        moment = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz
+        ).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidAlertPayload(
+            f"not a valid RFC 3339 date and time: {_echo(value)}", index=index, field=field
+        ) from None
+    nanos = int((frac or "").ljust(9, "0"))
+    return moment, nanos
+
+
+def _check_url(value: object, index: int) -> str:
+    field = "generatorURL"
+    if not isinstance(value, str):
+        raise InvalidAlertPayload(
+            f"must be an absolute URI string (got {_type(value)})", index=index, field=field
+        )
+    _check_text(value, index, field, "generatorURL")
+    bad = "must be an absolute URI with a scheme and host (e.g. https://host/path)"
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidAlertPayload(
+            f"{bad}; whitespace and control characters are not allowed: {_echo(value)}",
+            index=index,
+            field=field,
+        )
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise InvalidAlertPayload(f"{bad}: {_echo(value)}", index=index, field=field) from None
+    if not parts.scheme or not parts.netloc or not parts.hostname:
+        raise InvalidAlertPayload(f"{bad}: {_echo(value)}", index=index, field=field)
+    return value
+
+
+def _validate_alert(alert: object, index: int) -> dict[str, Any]:
+    if not isinstance(alert, Mapping):
+        raise InvalidAlertPayload(
+            f"each alert must be a JSON object (got {_type(alert)})", index=index
+        )
+    for key in alert:
+        if key not in ALLOWED_ALERT_KEYS:
+            shown = _echo(key) if isinstance(key, str) else f"of type {_type(key)}"
+            raise InvalidAlertPayload(
+                f"unknown key {shown}; allowed keys: {', '.join(ALLOWED_ALERT_KEYS)}",
+                index=index,
+            )
+
+    if alert.get("labels") is None:
+        raise InvalidAlertPayload("labels is required", index=index, field="labels")
+    labels = _check_string_map(alert["labels"], index, "labels", "label", allow_empty_values=False)
+    if not labels:
+        raise InvalidAlertPayload(
+            "labels must not be empty (at least alertname)", index=index, field="labels"
+        )
+    if "alertname" not in labels:
+        raise InvalidAlertPayload(
+            "labels must include alertname", index=index, field="labels.alertname"
+        )
+    result: dict[str, Any] = {"labels": labels}
+
+    # An optional key given as null counts as absent and is left out of the copy.
+    if alert.get("annotations") is not None:
+        result["annotations"] = _check_string_map(
+            alert["annotations"], index, "annotations", "annotation", allow_empty_values=True
+        )
+
+    starts = ends = None
+    if alert.get("startsAt") is not None:
+        starts = _parse_time(alert["startsAt"], index, "startsAt")
+        result["startsAt"] = str(alert["startsAt"])
+    if alert.get("endsAt") is not None:
+        ends = _parse_time(alert["endsAt"], index, "endsAt")
+        result["endsAt"] = str(alert["endsAt"])
+    if starts is not None and ends is not None and ends < starts:
+        raise InvalidAlertPayload(
+            f"endsAt ({result['endsAt']}) must not be before startsAt ({result['startsAt']})",
+            index=index,
+            field="endsAt",
+        )
+
+    if alert.get("generatorURL") is not None:
+        result["generatorURL"] = _check_url(alert["generatorURL"], index)
+    return result
+
+
+def validate_payload(payload: object) -> list[dict[str, Any]]:
+    """Check ``payload`` against the rules above; return a normalised copy.
+
+    The copy holds plain ``dict`` / ``list`` / ``str`` only, each alert with only the keys
+    that were present (and not null) among :data:`ALLOWED_ALERT_KEYS`, in that order.
+    Raises :class:`InvalidAlertPayload` (and nothing else) naming the first violation.
+    """
+    if not isinstance(payload, list | tuple):
+        raise InvalidAlertPayload(f"must be a JSON array of alerts (got {_type(payload)})")
+    if not payload:
+        raise InvalidAlertPayload("must contain at least one alert")
+    if len(payload) > MAX_ALERTS_PER_PAYLOAD:
+        raise InvalidAlertPayload(
+            f"too many alerts: {len(payload)} (max {MAX_ALERTS_PER_PAYLOAD} per payload)"
+        )
+    alerts: list[dict[str, Any]] = []
+    seen: dict[frozenset[tuple[str, str]], int] = {}
+    for index, raw_alert in enumerate(payload):
+        alert = _validate_alert(raw_alert, index)
+        label_set = frozenset(alert["labels"].items())
+        first = seen.setdefault(label_set, index)
+        if first != index:
+            raise InvalidAlertPayload(
+                f"duplicate label set: same labels as alert[{first}] "
+                "(Alertmanager would treat them as one alert)",
+                index=index,
+                field="labels",
+            )
+        alerts.append(alert)
+    size = len(json.dumps(alerts, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvalidAlertPayload(f"payload too large: {size} bytes (max {MAX_PAYLOAD_BYTES})")
+    return alerts
+
+
+# ---------------------------------------------------------------------------- fingerprints
+
+
+def label_fingerprint(labels: Mapping[str, str]) -> str:
+    """Alertmanager's fingerprint of a label set, as its API v2 ``fingerprint`` shows it.
+
+    prometheus/common ``model.LabelSet.Fingerprint``: FNV-1a 64 over the label names in
+    sorted order, each written as ``name 0xff value 0xff``; formatted ``%016x``. Labels
+    with an empty value are left out first, as Alertmanager deletes them on receipt.
+    Names and values must be encodable as UTF-8.
+    """
+    h = _FNV64_OFFSET
+    prime, mask = _FNV64_PRIME, _MASK64
+    # Go sorts label names byte-wise; for valid UTF-8 that is code-point order.
+    for name in sorted(n for n, v in labels.items() if v != ""):
+        for byte in name.encode("utf-8"):
+            h = ((h ^ byte) * prime) & mask
+        h = ((h ^ _SEP) * prime) & mask
+        for byte in labels[name].encode("utf-8"):
+            h = ((h ^ byte) * prime) & mask
+        h = ((h ^ _SEP) * prime) & mask
+    return f"{h:016x}"
+
+
+def payload_fingerprint(payload: list[dict[str, Any]]) -> str:
+    """The identity of a (validated) payload's label set(s), stored in the row's fingerprint.
+
+    One alert: its :func:`label_fingerprint`, equal to Alertmanager's. Several: a hash of
+    their sorted fingerprints (32 hex characters, so it never equals a single alert's):
+    the same group of label sets in any order gives the same value. Rows are ordered and
+    superseded per fingerprint, i.e. per row's *group* of label sets: a row with alerts
+    {A, B} neither orders with nor supersedes a row with just {A}.
+    """
+    if not payload:
+        raise InvalidAlertPayload("must contain at least one alert")
+    prints = sorted(label_fingerprint(alert["labels"]) for alert in payload)
+    if len(prints) == 1:
+        return prints[0]
+    return hashlib.sha256(",".join(prints).encode("ascii")).hexdigest()[:32]

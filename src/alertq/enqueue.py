@@ -1,0 +1,102 @@
+"""The producer's entry point: put an alert payload in the queue (the outbox pattern).
+
+:func:`enqueue_alert` runs in the caller's transaction and never commits: the row becomes
+visible to workers exactly when the caller's own changes do, or never.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from alertq.alerts import InvalidAlertPayload, payload_fingerprint, validate_payload
+from alertq.driver import AlertDriver
+from alertq.models import CostSimAlertQueueModel
+
+__all__ = ["InvalidAlertPayload", "enqueue_alert"]
+
+DEFAULT_NOTIFY_THROTTLE = 0.01
+"""Seconds; matches ``Settings.notify_throttle``'s default."""
+
+# When this process last sent a NOTIFY (time.monotonic()); None before the first.
+_last_notify_at: float | None = None
+
+
+def _check_text_arg(value: object, field: str, *, required: bool) -> None:
+    """Refuse what the database would refuse mid-transaction (NUL, lone surrogates)."""
+    if value is None and not required:
+        return
+    if not isinstance(value, str):
+        got = "null" if value is None else type(value).__name__
+        raise InvalidAlertPayload(f"must be a string (got {got})", field=field)
+    if required and not value.strip():
+        raise InvalidAlertPayload("must be a non-empty string", field=field)
+    if "\x00" in value:
+        raise InvalidAlertPayload("must not contain NUL (\\u0000)", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidAlertPayload("is not valid UTF-8 (lone surrogate)", field=field) from None
+
+
+async def enqueue_alert(
+    session: AsyncSession,
+    payload: object,
+    alert_type: str,
+    circuit_breaker_name: str | None = None,
+    incident_id: str | None = None,
+    *,
+    max_attempts: int | None = None,
+    now: datetime | None = None,
+    notify_throttle: float = DEFAULT_NOTIFY_THROTTLE,
+) -> CostSimAlertQueueModel:
+    """Validate ``payload`` and insert it as a pending row in ``session``'s transaction.
+
+    Everything is checked before any statement runs: a bad payload or argument raises
+    :class:`InvalidAlertPayload` and leaves the transaction untouched (on PostgreSQL a
+    failed statement would abort the caller's whole transaction). Then, in order:
+
+    1. insert the normalised payload with its :func:`~alertq.alerts.payload_fingerprint`,
+       due at ``now`` (default: the current time, aware UTC);
+    2. retire older undelivered rows with the same fingerprint (superseded: the newest
+       state of a label set wins);
+    3. NOTIFY the workers (PostgreSQL only; sent when the caller commits), unless this
+       process already did less than ``notify_throttle`` seconds ago. A skipped NOTIFY
+       only delays pickup: workers also poll (``poll_interval``), which is the fallback.
+
+    Never commits, rolls back or flushes beyond what the statements need. Returns the row.
+    Naive ``now`` or ``max_attempts < 1`` are programming errors: :class:`ValueError`.
+    """
+    global _last_notify_at
+
+    _check_text_arg(alert_type, "alert_type", required=True)
+    _check_text_arg(circuit_breaker_name, "circuit_breaker_name", required=False)
+    _check_text_arg(incident_id, "incident_id", required=False)
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
+    if now is None:
+        now = datetime.now(UTC)
+    elif now.tzinfo is None:
+        raise ValueError(f"naive datetime {now!r}: pass an aware UTC datetime")
+    alerts = validate_payload(payload)
+    fingerprint = payload_fingerprint(alerts)
+
+    driver = AlertDriver(session)
+    row = await driver.insert_alert(
+        alerts,
+        alert_type,
+        circuit_breaker_name,
+        incident_id,
+        fingerprint=fingerprint,
+        max_attempts=max_attempts,
+        now=now,
+    )
+    await driver.alerts_supersede_older([fingerprint], now)
+
+    mono = time.monotonic()
+    if _last_notify_at is None or mono - _last_notify_at >= notify_throttle:
+        _last_notify_at = mono
+        await driver.notify_enqueued()
+    return row
