@@ -6,7 +6,10 @@ Layers below (the driver) take the session they are given and never commit; laye
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,6 +23,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from alertq.config import Settings
+from alertq.driver import NOTIFY_CHANNEL
+
+log = logging.getLogger("alertq.db")
 
 
 def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
@@ -77,3 +83,56 @@ async def transaction(
     """Open a session, begin, yield it, and commit, or roll back on any exception."""
     async with factory() as session, session.begin():
         yield session
+
+
+class EnqueueListener:
+    """LISTENs for enqueue notifications on PostgreSQL and calls ``on_notify``.
+
+    Holds one dedicated asyncpg connection and reconnects by itself after the server
+    restarts; every (re)connect also calls ``on_notify``, since notifications sent while
+    disconnected are lost. Polling stays the fallback.
+    """
+
+    def __init__(self, database_url: str, on_notify: Callable[[], None]) -> None:
+        url = make_url(database_url)
+        self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._on_notify = on_notify
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="alertq-listen")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        import asyncpg
+
+        delay = 0.5
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=10)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(NOTIFY_CHANNEL, lambda *_a: self._on_notify())
+                self._on_notify()
+                delay = 0.5
+                while not lost.is_set() and not conn.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), timeout=5)
+                    if not lost.is_set():
+                        await conn.execute("SELECT 1")  # detects a dead server
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting", type(exc).__name__)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -274,10 +274,10 @@ class AlertDriver:
         """
         total, after_id = 0, 0
         while True:
-            deleted, after_id = await self.purge_batch(cutoff, statuses, after_id, batch_size)
-            total += deleted
-            if deleted == 0:
+            deleted, last_id = await self.purge_batch(cutoff, statuses, after_id, batch_size)
+            if last_id == after_id:
                 return total
+            total, after_id = total + deleted, last_id
 
     # ------------------------------------------------------------------ extensions
 

@@ -1,0 +1,528 @@
+"""The worker: claims due alerts, delivers them, and decides what happens next.
+
+Every delivery decision lives in this module: the retry and backoff policy
+(:func:`backoff_delay`, :func:`decide`), per-fingerprint ordering (newest row wins), batch
+splitting on a rejected payload, replica quorum and keep-alive.
+
+One cycle of a delivery loop is three steps, and only the first and last touch the
+database, each in its own short transaction:
+
+1. **claim** up to ``batch_size`` due rows under a lease (``lease_seconds``, longer than
+   the HTTP timeout), bumping their attempt count and fencing token;
+2. **deliver** them outside any transaction, one POST per Alertmanager per batch;
+3. **record** each outcome, fenced by the claim's token, so a late worker whose lease was
+   taken over changes nothing.
+
+A worker killed between 1 and 3 leaves leased rows that become due when the lease runs
+out; the next claim takes them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import secrets
+import socket
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alertq import metrics
+from alertq.config import DeliveryQuorum, Settings
+from alertq.db import EnqueueListener, transaction
+from alertq.delivery import AlertmanagerClient, ErrorClass, TargetResult
+from alertq.driver import ClaimedAlert, get_alert_driver
+
+log = logging.getLogger("alertq.engine")
+
+MAX_ALERTS_PER_POST = 256
+MAX_RETRY_AFTER = 3600.0
+MISCONFIGURED_FLOOR = 60.0
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- policy (pure)
+
+
+class Verdict(StrEnum):
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one row after one delivery attempt."""
+
+    verdict: Verdict
+    delivered_to: tuple[str, ...]
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+    reason: str | None = None
+    """For ``failed``: ``permanent`` or ``max_attempts``."""
+
+
+def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random) -> float:
+    """Capped exponential backoff with equal jitter: ``d/2 + U(0, d/2)``, ``d = base·2^(n-1)``.
+
+    Jitter spreads retries of rows that failed together (an Alertmanager outage) so they do
+    not return as one burst.
+    """
+    exp = min(cap, base * 2 ** max(0, attempts - 1))
+    return float(exp / 2 + rng.uniform(0, exp / 2))
+
+
+def decide(
+    *,
+    attempts: int,
+    max_attempts: int,
+    delivered_to: Sequence[str],
+    results: Sequence[TargetResult],
+    targets: Sequence[str],
+    quorum: DeliveryQuorum,
+    now: datetime,
+    base: float,
+    cap: float,
+    rng: random.Random,
+) -> Decision:
+    """Decide a row's fate from this attempt's per-target ``results``.
+
+    ``delivered_to`` are targets that accepted the row before; ``targets`` are all
+    configured ones. ``any`` quorum: sent once one target has it; ``all``: once every
+    target has it, retrying only the missing ones.
+    """
+    accepted = set(delivered_to) | {r.target for r in results if r.ok}
+    done = tuple(t for t in targets if t in accepted)
+    if (quorum is DeliveryQuorum.ANY and done) or (
+        quorum is DeliveryQuorum.ALL and len(done) == len(targets)
+    ):
+        return Decision(Verdict.SENT, done)
+    failures = [r for r in results if not r.ok]
+    error = "; ".join(f"{r.target}: {r.error or r.response_text}" for r in failures)[:2000]
+    permanent = [r for r in failures if r.error_class is ErrorClass.PERMANENT]
+    if permanent:
+        text = permanent[0].response_text or permanent[0].error or "rejected"
+        return Decision(
+            Verdict.FAILED,
+            done,
+            error=f"HTTP {permanent[0].status_code}: {text}"[:2000],
+            reason="permanent",
+        )
+    if attempts >= max_attempts:
+        return Decision(Verdict.FAILED, done, error=error or "max attempts", reason="max_attempts")
+    delay = backoff_delay(attempts, base, cap, rng)
+    retry_after = max((r.retry_after or 0.0 for r in failures), default=0.0)
+    delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    if any(r.error_class is ErrorClass.MISCONFIGURED for r in failures):
+        delay = max(delay, min(MISCONFIGURED_FLOOR, cap))
+    return Decision(
+        Verdict.RETRY, done, next_attempt_at=now + timedelta(seconds=delay), error=error
+    )
+
+
+def newest_per_fingerprint(rows: Sequence[ClaimedAlert]) -> tuple[list[ClaimedAlert], list[int]]:
+    """Split a claim into rows to deliver and older rows a newer same-label row replaces."""
+    newest: dict[str, ClaimedAlert] = {}
+    keep: list[ClaimedAlert] = []
+    for row in rows:
+        if row.fingerprint is None:
+            keep.append(row)
+        elif row.fingerprint not in newest or newest[row.fingerprint].id < row.id:
+            newest[row.fingerprint] = row
+    keep.extend(newest.values())
+    keep.sort(key=lambda r: r.id)
+    kept = {r.id for r in keep}
+    return keep, [r.id for r in rows if r.id not in kept]
+
+
+def chunk_rows(
+    rows: Sequence[ClaimedAlert], limit: int = MAX_ALERTS_PER_POST
+) -> list[list[ClaimedAlert]]:
+    """Group rows into POST bodies of at most ``limit`` alerts, keeping claim order."""
+    chunks: list[list[ClaimedAlert]] = []
+    current: list[ClaimedAlert] = []
+    size = 0
+    for row in rows:
+        n = len(row.payload)
+        if current and size + n > limit:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(row)
+        size += n
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+# --------------------------------------------------------------------------- worker
+
+
+class ClientFactory(Protocol):
+    def __call__(self, settings: Settings) -> AlertmanagerClient: ...
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker, for tests, benchmarks and the status page."""
+
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    superseded: int = 0
+    reclaimed: int = 0
+    fenced: int = 0
+    posts: int = 0
+    last_error_by_target: dict[str, str] = field(default_factory=dict)
+
+
+class AlertWorker:
+    """Delivers queued alerts with ``settings.concurrency`` loops.
+
+    Each loop has its own Alertmanager client (one HTTP client per target per loop).
+    ``clock`` and ``rng`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: async_sessionmaker[AsyncSession],
+        *,
+        client_factory: ClientFactory = AlertmanagerClient.from_settings,
+        clock: Clock = utcnow,
+        rng: random.Random | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.client_factory = client_factory
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.stats = WorkerStats()
+        self._wake = asyncio.Event()
+        self._lease = timedelta(seconds=settings.lease_seconds)
+
+    # -- public API
+
+    def wake(self) -> None:
+        """Make idle loops look for work now (called on NOTIFY)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
+        """Run until ``stop`` is set (then finish in-flight deliveries), or, with ``drain``,
+        until no row is due or leased."""
+        listener: EnqueueListener | None = None
+        if not self.settings.is_sqlite:
+            listener = EnqueueListener(self.settings.database_url, self.wake)
+            await listener.start()
+        try:
+            loops = [
+                asyncio.create_task(self._loop(i, stop, drain), name=f"alertq-loop-{i}")
+                for i in range(self.settings.concurrency)
+            ]
+            await asyncio.gather(*loops)
+        finally:
+            if listener is not None:
+                await listener.stop()
+
+    async def run_once(self, client: AlertmanagerClient) -> int:
+        """One claim → deliver → record cycle; returns how many rows were claimed."""
+        now = self.clock()
+        token = secrets.randbits(62) or 1
+        async with transaction(self.session_factory) as session:
+            rows = await get_alert_driver(session).alerts_claim(
+                now, self.settings.batch_size, now + self._lease, token, self.worker_id
+            )
+        metrics.CLAIMS.inc()
+        if not rows:
+            return 0
+        self.stats.claimed += len(rows)
+        reclaimed = sum(r.reclaimed for r in rows)
+        if reclaimed:
+            self.stats.reclaimed += reclaimed
+            metrics.LEASE_RECLAIMS.inc(reclaimed)
+            log.warning("reclaimed %d rows whose lease had expired", reclaimed)
+        deliver, stale = newest_per_fingerprint(rows)
+        results = await self._deliver_all(client, deliver)
+        await self._record(deliver, stale, results, token, client.targets)
+        return len(rows)
+
+    # -- loops
+
+    async def _loop(self, index: int, stop: asyncio.Event, drain: bool) -> None:
+        client = self.client_factory(self.settings)
+        try:
+            while not stop.is_set():
+                try:
+                    claimed = await self.run_once(client)
+                except Exception:
+                    # A database outage: keep going, the next claim reconnects.
+                    log.exception("delivery cycle failed; retrying after the poll interval")
+                    claimed = 0
+                    await self._sleep(stop, self.settings.poll_interval)
+                    continue
+                if claimed >= self.settings.batch_size:
+                    continue
+                if claimed:
+                    continue
+                delay = await self._idle_delay(drain)
+                if delay is None:
+                    return
+                await self._sleep(stop, delay)
+        finally:
+            await client.aclose()
+
+    async def _idle_delay(self, drain: bool) -> float | None:
+        """How long to wait for work; None when draining and nothing is due or leased."""
+        now = self.clock()
+        try:
+            async with transaction(self.session_factory) as session:
+                counts = await get_alert_driver(session).alerts_counts(now)
+        except Exception:
+            log.exception("could not read queue counts")
+            return self.settings.poll_interval
+        if drain and counts.due == 0 and counts.leased == 0:
+            return None
+        delay = self.settings.poll_interval
+        if counts.next_due_at is not None:
+            delay = min(delay, max(0.0, (counts.next_due_at - now).total_seconds()))
+        return delay
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        stopper = asyncio.ensure_future(stop.wait())
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait(
+                {stopper, waker}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (stopper, waker):
+                task.cancel()
+            self._wake.clear()
+
+    # -- deliver
+
+    async def _deliver_all(
+        self, client: AlertmanagerClient, rows: Sequence[ClaimedAlert]
+    ) -> dict[int, list[TargetResult]]:
+        """POST every row to each target that has not accepted it yet."""
+        targets = client.targets
+        groups: dict[tuple[str, ...], list[ClaimedAlert]] = defaultdict(list)
+        for row in rows:
+            missing = tuple(t for t in targets if t not in row.delivered_to)
+            groups[missing or tuple(targets)].append(row)
+        jobs = [
+            self._deliver_chunk(client, chunk, list(missing))
+            for missing, group in groups.items()
+            for chunk in chunk_rows(group)
+        ]
+        out: dict[int, list[TargetResult]] = {}
+        for part in await asyncio.gather(*jobs):
+            out.update(part)
+        return out
+
+    async def _deliver_chunk(
+        self, client: AlertmanagerClient, rows: list[ClaimedAlert], targets: list[str]
+    ) -> dict[int, list[TargetResult]]:
+        alerts = [alert for row in rows for alert in row.payload]
+        results = await client.post_alerts(alerts, targets)
+        self.stats.posts += 1
+        self._observe(rows, results)
+        out = {row.id: list(results) for row in rows}
+        rejected = [r.target for r in results if r.error_class is ErrorClass.PERMANENT]
+        if rejected and len(rows) > 1:
+            # One bad row fails the whole batch: split it until the culprit stands alone.
+            half = len(rows) // 2
+            parts = await asyncio.gather(
+                self._deliver_chunk(client, rows[:half], rejected),
+                self._deliver_chunk(client, rows[half:], rejected),
+            )
+            for part in parts:
+                for row_id, sub in part.items():
+                    by_target = {r.target: r for r in sub}
+                    out[row_id] = [by_target.get(r.target, r) for r in out[row_id]]
+        return out
+
+    def _observe(self, rows: Sequence[ClaimedAlert], results: Sequence[TargetResult]) -> None:
+        ids = _id_ranges([r.id for r in rows])
+        for r in results:
+            outcome = "success" if r.ok else str(r.error_class)
+            metrics.DELIVERIES.labels(r.target, outcome).inc()
+            metrics.DELIVERY_LATENCY.labels(r.target).observe(r.duration)
+            if r.ok:
+                self.stats.last_error_by_target.pop(r.target, None)
+                log.info(
+                    "delivered rows=%s target=%s status=%s duration_ms=%.1f",
+                    ids,
+                    r.target,
+                    r.status_code,
+                    r.duration * 1000,
+                )
+            else:
+                self.stats.last_error_by_target[r.target] = r.error or ""
+                log.warning(
+                    "delivery failed rows=%s target=%s status=%s class=%s duration_ms=%.1f "
+                    "error=%s",
+                    ids,
+                    r.target,
+                    r.status_code,
+                    r.error_class,
+                    r.duration * 1000,
+                    r.error,
+                )
+
+    # -- record
+
+    async def _record(
+        self,
+        rows: Sequence[ClaimedAlert],
+        stale: list[int],
+        results: dict[int, list[TargetResult]],
+        token: int,
+        targets: list[str],
+    ) -> None:
+        now = self.clock()
+        decisions = {
+            row.id: decide(
+                attempts=row.attempts,
+                max_attempts=row.max_attempts,
+                delivered_to=row.delivered_to,
+                results=results.get(row.id, []),
+                targets=targets,
+                quorum=self.settings.delivery_quorum,
+                now=now,
+                base=self.settings.backoff_base,
+                cap=self.settings.backoff_cap,
+                rng=self.rng,
+            )
+            for row in rows
+        }
+        by_id = {row.id: row for row in rows}
+        sent: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        retry: dict[tuple[datetime, str, tuple[str, ...]], list[int]] = defaultdict(list)
+        failed: dict[tuple[str, tuple[str, ...]], list[int]] = defaultdict(list)
+        for row_id, d in decisions.items():
+            if d.verdict is Verdict.SENT:
+                sent[d.delivered_to].append(row_id)
+            elif d.verdict is Verdict.RETRY:
+                assert d.next_attempt_at is not None
+                retry[(d.next_attempt_at, d.error or "", d.delivered_to)].append(row_id)
+            else:
+                failed[(d.error or "", d.delivered_to)].append(row_id)
+
+        expected = len(rows) + len(stale)
+        applied: list[int] = []
+        async with transaction(self.session_factory) as session:
+            driver = get_alert_driver(session)
+            if stale:
+                applied += await driver.alerts_mark_superseded(
+                    stale, token, "superseded by a newer alert with the same labels"
+                )
+            sent_ids: list[int] = []
+            for delivered, ids in sent.items():
+                got = await driver.alerts_mark_sent(ids, token, now, list(delivered))
+                sent_ids += got
+            applied += sent_ids
+            for (at, error, delivered), ids in retry.items():
+                applied += await driver.alerts_schedule_retry(
+                    ids, token, at, error, list(delivered)
+                )
+            for (error, delivered), ids in failed.items():
+                applied += await driver.alerts_mark_failed(ids, token, error, list(delivered))
+            retried_fps = [
+                by_id[i].fingerprint
+                for ids in retry.values()
+                for i in ids
+                if by_id[i].fingerprint is not None
+            ]
+            superseded_later = await driver.alerts_supersede_older(
+                [fp for fp in retried_fps if fp is not None], now
+            )
+            for row_id in sent_ids:
+                row = by_id[row_id]
+                if row.incident_id is not None and row.alert_type == "disable":
+                    await driver.mark_incident_alert_sent(
+                        row.incident_id, now, _response_summary(results.get(row_id, []))
+                    )
+        self._count(decisions, set(applied), stale, superseded_later, by_id, now)
+        lost = expected - len(applied)
+        if lost:
+            self.stats.fenced += lost
+            metrics.LEASE_LOST.inc(lost)
+            log.warning("%d outcomes not recorded: their lease was taken over", lost)
+
+    def _count(
+        self,
+        decisions: dict[int, Decision],
+        applied: set[int],
+        stale: list[int],
+        superseded_later: int,
+        by_id: dict[int, ClaimedAlert],
+        now: datetime,
+    ) -> None:
+        for row_id, d in decisions.items():
+            if row_id not in applied:
+                continue
+            if d.verdict is Verdict.SENT:
+                self.stats.sent += 1
+                metrics.ROWS_SENT.inc()
+                metrics.ENQUEUE_TO_SENT.observe(
+                    max(0.0, (now - by_id[row_id].created_at).total_seconds())
+                )
+            elif d.verdict is Verdict.RETRY:
+                self.stats.retried += 1
+                metrics.ROWS_RETRIED.inc()
+            else:
+                self.stats.failed += 1
+                metrics.ROWS_DEAD_LETTERED.labels(d.reason or "unknown").inc()
+                log.error("row %d failed (%s): %s", row_id, d.reason, d.error)
+        superseded = len([i for i in stale if i in applied]) + superseded_later
+        if superseded:
+            self.stats.superseded += superseded
+            metrics.ROWS_SUPERSEDED.inc(superseded)
+
+
+def _response_summary(results: Sequence[TargetResult]) -> str:
+    return "; ".join(
+        f"{r.target}: {'accepted' if r.ok else r.error} (HTTP {r.status_code})" for r in results
+    )[:1000]
+
+
+def _id_ranges(ids: Sequence[int]) -> str:
+    """Compact row ids for a log line: ``1-4,9``."""
+    if not ids:
+        return ""
+    ordered = sorted(ids)
+    runs: list[list[int]] = [[ordered[0], ordered[0]]]
+    for i in ordered[1:]:
+        if i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+__all__ = [
+    "AlertWorker",
+    "Decision",
+    "Verdict",
+    "WorkerStats",
+    "backoff_delay",
+    "chunk_rows",
+    "decide",
+    "newest_per_fingerprint",
+]

@@ -1,0 +1,55 @@
+"""Prometheus metrics, all named ``alertq_*``. The engine and breaker update them; the ops
+server exposes them at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DELIVERIES = Counter(
+    "alertq_deliveries_total",
+    "POSTs to an Alertmanager, by outcome (success, retryable, permanent, misconfigured).",
+    ["alertmanager", "outcome"],
+)
+DELIVERY_LATENCY = Histogram(
+    "alertq_delivery_duration_seconds",
+    "Duration of one POST of a batch to one Alertmanager.",
+    ["alertmanager"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ENQUEUE_TO_SENT = Histogram(
+    "alertq_enqueue_to_sent_seconds",
+    "Time from a row's creation to its being recorded as sent.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+ROWS_SENT = Counter("alertq_alerts_sent_total", "Queue rows recorded as sent.")
+ROWS_RETRIED = Counter("alertq_alerts_retried_total", "Queue rows scheduled for another try.")
+ROWS_DEAD_LETTERED = Counter(
+    "alertq_alerts_dead_lettered_total", "Queue rows marked failed.", ["reason"]
+)
+ROWS_SUPERSEDED = Counter(
+    "alertq_alerts_superseded_total", "Rows retired because a newer row had the same labels."
+)
+LEASE_RECLAIMS = Counter(
+    "alertq_lease_reclaims_total", "Rows claimed again after another claim's lease expired."
+)
+LEASE_LOST = Counter(
+    "alertq_lease_lost_total", "Outcomes not recorded because the row's lease was taken over."
+)
+KEEPALIVES = Counter(
+    "alertq_keepalives_sent_total", "Alerts re-armed to be re-sent while their state holds."
+)
+CLAIMS = Counter("alertq_claims_total", "Claim statements run by workers.")
+
+QUEUE_ROWS = Gauge("alertq_queue_rows", "Rows in the queue by status.", ["status"])
+OLDEST_DUE_AGE = Gauge(
+    "alertq_queue_oldest_due_age_seconds", "How long the oldest due pending row has waited."
+)
+BREAKER_OPEN = Gauge(
+    "alertq_breaker_open", "1 while the named circuit breaker is open (disabled).", ["breaker"]
+)
+OPEN_INCIDENTS = Gauge("alertq_open_incidents", "Unresolved circuit breaker incidents.")
+ALERTMANAGER_UP = Gauge(
+    "alertq_alertmanager_up",
+    "1 if the Alertmanager answered its last readiness check.",
+    ["alertmanager"],
+)

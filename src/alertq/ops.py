@@ -1,0 +1,79 @@
+"""Operator actions on the queue, shared by the CLI and the ops API.
+
+Each function owns its transactions; long work (purge) commits batch by batch so it never
+holds locks or one giant statement for long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alertq.db import transaction
+from alertq.driver import PURGE_BATCH, get_alert_driver
+from alertq.models import AlertStatus, CostSimAlertQueueModel
+
+Factory = async_sessionmaker[AsyncSession]
+PURGEABLE = (AlertStatus.SENT.value, AlertStatus.FAILED.value, AlertStatus.SUPERSEDED.value)
+
+
+async def queue_stats(factory: Factory) -> dict[str, Any]:
+    """The driver's grouped stats, with the oldest due row's age in seconds added."""
+    async with transaction(factory) as session:
+        stats = await get_alert_driver(session).fetch_queue_stats()
+    due = stats.get("oldest_pending_due_at")
+    now = datetime.now(UTC)
+    stats["oldest_due_age_seconds"] = max(0.0, (now - due).total_seconds()) if due else 0.0
+    return stats
+
+
+async def retry_failed(
+    factory: Factory, max_retries: int, *, ids: Sequence[int] | None = None
+) -> int:
+    """Give failed rows ``max_retries`` more attempts, due now."""
+    async with transaction(factory) as session:
+        return await get_alert_driver(session).retry_failed_alerts(
+            max_retries, datetime.now(UTC), ids=ids
+        )
+
+
+async def purge(
+    factory: Factory,
+    cutoff: datetime,
+    statuses: Sequence[str] = PURGEABLE,
+    *,
+    batch_size: int = PURGE_BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete old rows in batches, one short transaction each; returns the total.
+
+    ``pending`` is refused: deleting undelivered alerts loses them.
+    """
+    if AlertStatus.PENDING.value in statuses:
+        raise ValueError("refusing to purge pending rows: they have not been delivered")
+    total, after_id = 0, 0
+    while True:
+        async with transaction(factory) as session:
+            deleted, last_id = await get_alert_driver(session).purge_batch(
+                cutoff, statuses, after_id, batch_size
+            )
+        if last_id == after_id:
+            return total
+        total, after_id = total + deleted, last_id
+        if progress is not None:
+            progress(total)
+
+
+async def list_alerts(
+    factory: Factory, status: str | None, limit: int, before_id: int | None = None
+) -> list[CostSimAlertQueueModel]:
+    async with transaction(factory) as session:
+        return await get_alert_driver(session).alerts_list(status, limit, before_id)
+
+
+async def get_alert(factory: Factory, alert_id: int) -> CostSimAlertQueueModel | None:
+    async with transaction(factory) as session:
+        return await get_alert_driver(session).alerts_get(alert_id)
