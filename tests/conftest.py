@@ -10,8 +10,9 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory
 from alertq.migrate import upgrade
+from tests.support.alertmanager import AlertmanagerNotFound, AlertmanagerProcess
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_ADMIN_URL = os.environ.get(
@@ -120,3 +122,32 @@ async def session(
 @pytest.fixture
 def is_postgres(db_url: str) -> bool:
     return db_url.startswith("postgresql")
+
+
+@pytest.fixture
+def alertmanager() -> Iterator[AlertmanagerProcess]:
+    """A real Alertmanager (Debian package) on a free port, stopped after the test."""
+    try:
+        am = AlertmanagerProcess(resolve_timeout="5m")
+    except AlertmanagerNotFound as exc:
+        unavailable("Alertmanager", str(exc))
+    with am:
+        yield am
+
+
+@pytest.fixture
+def alertmanager_factory() -> Iterator[Callable[..., AlertmanagerProcess]]:
+    """Start real Alertmanagers with custom options (e.g. ``resolve_timeout="10s"``)."""
+    started: list[AlertmanagerProcess] = []
+
+    def make(**options: Any) -> AlertmanagerProcess:
+        try:
+            am = AlertmanagerProcess(**options)
+        except AlertmanagerNotFound as exc:
+            unavailable("Alertmanager", str(exc))
+        started.append(am)
+        return am.start()
+
+    yield make
+    for am in started:
+        am.close()

@@ -325,3 +325,23 @@ async def test_stop_finishes_in_flight_delivery_and_records_it(
     await asyncio.wait_for(task, 30)
     row = (await rows(session_factory))[row_id]
     assert row.status == "sent" and row.leased_until is None
+
+
+async def test_row_whose_leases_keep_expiring_is_dead_lettered_not_resent(
+    db_url: str, session_factory: Factory, stub: StubAlertmanager
+) -> None:
+    """A poison row that kills every worker holding it must not block the queue forever."""
+    clock = FakeClock()
+    settings = worker_settings(db_url, stub.url)
+    async with transaction(session_factory) as s:
+        row = await enqueue_alert(s, alert("Poison"), "disable", max_attempts=2, now=clock.now)
+    for token in (1, 2):  # two workers claim it and die before recording anything
+        async with transaction(session_factory) as s:
+            lease = clock.now + timedelta(seconds=settings.lease_seconds)
+            claimed = await get_alert_driver(s).alerts_claim(clock.now, 10, lease, token, "dead")
+            assert [c.id for c in claimed] == [row.id]
+        clock.advance(settings.lease_seconds + 1)
+    assert await once(AlertWorker(settings, session_factory, clock=clock)) == 1
+    got = (await rows(session_factory))[row.id]
+    assert got.status == "failed" and "lease expired" in (got.last_error or "")
+    assert stub.requests == 0

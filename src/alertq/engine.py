@@ -120,7 +120,8 @@ def decide(
             reason="permanent",
         )
     if attempts >= max_attempts:
-        return Decision(Verdict.FAILED, done, error=error or "max attempts", reason="max_attempts")
+        error = error or "no outcome recorded: every lease expired (worker died mid-delivery?)"
+        return Decision(Verdict.FAILED, done, error=error, reason="max_attempts")
     delay = backoff_delay(attempts, base, cap, rng)
     retry_after = max((r.retry_after or 0.0 for r in failures), default=0.0)
     delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
@@ -255,7 +256,10 @@ class AlertWorker:
             metrics.LEASE_RECLAIMS.inc(reclaimed)
             log.warning("reclaimed %d rows whose lease had expired", reclaimed)
         deliver, stale = newest_per_fingerprint(rows)
-        results = await self._deliver_all(client, deliver)
+        # A row whose leases all expired unrecorded may be what kills workers: not again.
+        # With no results, decide() dead-letters it.
+        poison = {r.id for r in deliver if r.reclaimed and r.attempts > r.max_attempts}
+        results = await self._deliver_all(client, [r for r in deliver if r.id not in poison])
         await self._record(deliver, stale, results, token, client.targets)
         return len(rows)
 
