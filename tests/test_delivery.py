@@ -31,6 +31,7 @@ from alertq.delivery import (
     parse_retry_after,
     target_key,
 )
+from tests.conftest import unavailable
 from tests.support import free_port
 from tests.support.alertmanager import AlertmanagerNotFound, AlertmanagerProcess
 from tests.support.stub import StubAlertmanager
@@ -288,7 +289,7 @@ async def test_body_is_encoded_once_as_json(
         calls.append(obj)
         return real_dumps(obj, **kwargs)
 
-    monkeypatch.setattr(delivery.json, "dumps", counting_dumps)
+    monkeypatch.setattr("alertq.delivery.json.dumps", counting_dumps)
     async with AlertmanagerClient([stub.url, stub2.url]) as client:
         await client.post_alerts(ALERTS)
 
@@ -446,7 +447,7 @@ async def test_from_settings_uses_alertmanager_fields(stub: StubAlertmanager) ->
         alertmanager_urls=[stub.url, "http://other:9093"],
         alertmanager_timeout=3.0,
         alertmanager_username="svc",
-        alertmanager_password="from-settings",  # type: ignore[arg-type]
+        alertmanager_password="from-settings",
     )
     async with AlertmanagerClient.from_settings(settings) as client:
         assert client.targets == [stub.url, "http://other:9093"]
@@ -517,7 +518,7 @@ def alertmanager() -> Iterator[AlertmanagerProcess]:
     try:
         process = AlertmanagerProcess()
     except AlertmanagerNotFound as exc:
-        pytest.skip(f"real Alertmanager unavailable: {exc}")
+        unavailable("Alertmanager", str(exc))
     with process:
         yield process
 

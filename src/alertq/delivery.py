@@ -206,12 +206,15 @@ class AlertmanagerClient:
         elif ca_file is not None:
             tls = ssl.create_default_context(cafile=str(ca_file))
 
-        self._auth_kind = "bearer" if bearer_token is not None else "basic" if username else None
+        self._auth_kind = (
+            "bearer" if bearer_token is not None else "basic" if username is not None else None
+        )
+        parsed = [_split_url(url) for url in urls]  # validate all before opening any client
+        keys = [key for key, _, _ in parsed]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"duplicate Alertmanager URL in {keys!r}")
         self._targets: dict[str, _Target] = {}
-        for url in urls:
-            key, url_user, url_password = _split_url(url)
-            if key in self._targets:
-                raise ValueError(f"duplicate Alertmanager URL: {key!r}")
+        for key, url_user, url_password in parsed:
             auth = default_auth
             if url_user is not None:
                 auth = self._basic_auth(url_user, url_password)

@@ -137,7 +137,7 @@ class AlertmanagerProcess:
         inhibited: bool | None = None,
     ) -> list[dict[str, Any]]:
         """``GET /api/v2/alerts``; ``filter`` is one or more matchers like ``alertname="X"``."""
-        params: list[tuple[str, str]] = []
+        params: list[tuple[str, str | int | float | bool | None]] = []
         for name, flag in (("active", active), ("silenced", silenced), ("inhibited", inhibited)):
             if flag is not None:
                 params.append((name, "true" if flag else "false"))
