@@ -26,18 +26,27 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 __all__ = [
     "ALLOWED_ALERT_KEYS",
+    "BREAKER_ALERTNAME",
+    "BREAKER_FIRING_TYPE",
+    "BREAKER_RESOLVING_TYPE",
     "MAX_ALERTS_PER_PAYLOAD",
     "MAX_PAYLOAD_BYTES",
+    "BreakerIncident",
     "InvalidAlertPayload",
+    "breaker_firing_payload",
+    "breaker_labels",
+    "breaker_resolved_payload",
     "label_fingerprint",
     "parse_payload",
     "payload_fingerprint",
+    "rfc3339",
     "validate_payload",
+    "with_ends_at",
 ]
 
 MAX_ALERTS_PER_PAYLOAD = 256
@@ -405,3 +414,157 @@ def payload_fingerprint(payload: list[dict[str, Any]]) -> str:
     if len(prints) == 1:
         return prints[0]
     return hashlib.sha256(",".join(prints).encode("ascii")).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------- breaker alerts
+
+BREAKER_ALERTNAME = "CircuitBreakerOpen"
+"""The alertname of every circuit breaker alert, firing and resolving alike."""
+
+BREAKER_COMPONENT = "circuit_breaker"
+"""The ``component`` label of circuit breaker alerts."""
+
+BREAKER_FIRING_TYPE = "disable"
+"""``alert_type`` of an incident's firing alert row (the legacy value)."""
+
+BREAKER_RESOLVING_TYPE = "enable"
+"""``alert_type`` of an incident's resolving alert row (the legacy value)."""
+
+KEEPALIVE_FACTOR = 4
+"""A firing alert's ``endsAt`` is ``now + KEEPALIVE_FACTOR × resend_interval`` (as Prometheus)."""
+
+
+class BreakerIncident(Protocol):
+    """What the breaker alert builders read from an incident (a model row or a view)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def circuit_breaker_name(self) -> str: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def drift_score(self) -> float | None: ...
+    @property
+    def resolved_at(self) -> datetime | None: ...
+    @property
+    def resolved_by(self) -> str | None: ...
+    @property
+    def resolution_notes(self) -> str | None: ...
+
+
+def rfc3339(moment: datetime) -> str:
+    """An aware datetime as RFC 3339 in UTC, to the microsecond: ``2026-01-01T12:00:00.000000Z``."""
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: pass an aware UTC datetime")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def breaker_labels(incident: BreakerIncident, *, instance: str) -> dict[str, str]:
+    """The label set of an incident's alert: the same for its firing and resolving alerts.
+
+    Only stable values (no timestamps, attempts or hosts), so Alertmanager fingerprints
+    every send of one incident as the same alert. ``incident_id`` makes each trip its own
+    alert: a new trip of the same breaker never revives a resolved one.
+    """
+    return {
+        "alertname": BREAKER_ALERTNAME,
+        "circuit_breaker": incident.circuit_breaker_name,
+        "severity": incident.severity,
+        "component": BREAKER_COMPONENT,
+        "instance": instance,
+        "incident_id": incident.id,
+    }
+
+
+def _breaker_alert(
+    incident: BreakerIncident,
+    annotations: dict[str, str],
+    ends_at: datetime,
+    *,
+    instance: str,
+    generator_url: str | None,
+) -> list[dict[str, Any]]:
+    starts_at = incident.timestamp
+    alert: dict[str, Any] = {
+        "labels": breaker_labels(incident, instance=instance),
+        "annotations": annotations,
+        "startsAt": rfc3339(starts_at),
+        "endsAt": rfc3339(max(ends_at, starts_at)),
+    }
+    if generator_url:
+        alert["generatorURL"] = generator_url
+    return validate_payload([alert])
+
+
+def breaker_firing_payload(
+    incident: BreakerIncident,
+    *,
+    now: datetime,
+    resend_interval: float,
+    instance: str,
+    runbook_url: str,
+    generator_url: str | None = None,
+) -> list[dict[str, Any]]:
+    """The firing alert of an open incident, valid until ``now + 4 × resend_interval``.
+
+    ``startsAt`` is the incident's timestamp. Alertmanager resolves the alert by itself
+    only if no keep-alive refreshes ``endsAt`` for four intervals.
+    """
+    name = incident.circuit_breaker_name
+    details = [f"Circuit breaker {name} tripped: {incident.reason}."]
+    if incident.drift_score is not None:
+        details.append(f"Drift score {incident.drift_score:g}.")
+    details.append(f"Incident {incident.id}, severity {incident.severity}.")
+    annotations = {
+        "summary": f"Circuit breaker {name} is open",
+        "description": " ".join(details),
+        "runbook_url": runbook_url,
+    }
+    ends_at = now + timedelta(seconds=KEEPALIVE_FACTOR * resend_interval)
+    return _breaker_alert(
+        incident, annotations, ends_at, instance=instance, generator_url=generator_url
+    )
+
+
+def breaker_resolved_payload(
+    incident: BreakerIncident,
+    *,
+    instance: str,
+    runbook_url: str,
+    generator_url: str | None = None,
+) -> list[dict[str, Any]]:
+    """The resolving alert of a resolved incident: the firing alert's exact labels, with
+    ``endsAt`` = the resolution time (so every re-send states the same thing)."""
+    if incident.resolved_at is None:
+        raise ValueError(f"incident {incident.id} is not resolved")
+    name = incident.circuit_breaker_name
+    by = f" by {incident.resolved_by}" if incident.resolved_by else ""
+    notes = f": {incident.resolution_notes}" if incident.resolution_notes else ""
+    annotations = {
+        "summary": f"Circuit breaker {name} is closed again",
+        "description": (
+            f"Circuit breaker {name} was re-enabled{by}{notes}. "
+            f"It had tripped: {incident.reason}. Incident {incident.id}."
+        ),
+        "runbook_url": runbook_url,
+    }
+    return _breaker_alert(
+        incident, annotations, incident.resolved_at, instance=instance, generator_url=generator_url
+    )
+
+
+def with_ends_at(payload: list[dict[str, Any]], ends_at: datetime) -> list[dict[str, Any]]:
+    """A copy of a (valid) payload with every alert's ``endsAt`` set to ``ends_at`` (but never
+    before its ``startsAt``). Labels are untouched, so the fingerprint is too."""
+    alerts = []
+    for alert in payload:
+        end = ends_at
+        if alert.get("startsAt"):
+            end = max(end, datetime.fromisoformat(alert["startsAt"]))
+        alerts.append({**alert, "endsAt": rfc3339(end)})
+    return validate_payload(alerts)

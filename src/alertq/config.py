@@ -30,6 +30,15 @@ class DeliveryQuorum(StrEnum):
     ALL = "all"
 
 
+def _without_userinfo(url: str) -> str:
+    """``url`` for an error message, with anything that may be ``user:password@`` hidden."""
+    if "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    host = (rest if sep else url).rpartition("@")[2]
+    return f"{scheme}{sep}***@{host}" if sep else f"***@{host}"
+
+
 def _config_file() -> Path:
     return Path(os.environ.get("ALERTQ_CONFIG_FILE", "alertq.toml"))
 
@@ -100,7 +109,10 @@ class Settings(BaseSettings):
     def _check_urls(cls, value: list[str]) -> list[str]:
         for url in value:
             if not url.startswith(("http://", "https://")):
-                raise ValueError(f"Alertmanager URL must start with http:// or https://: {url!r}")
+                raise ValueError(
+                    "Alertmanager URL must start with http:// or https://: "
+                    f"{_without_userinfo(url)!r}"
+                )
         return [u.rstrip("/") for u in value]
 
     @model_validator(mode="after")

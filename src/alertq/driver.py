@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import (
     CursorResult,
     and_,
+    bindparam,
     case,
     delete,
     exists,
@@ -29,11 +30,18 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
-from alertq.models import AlertStatus, CostSimAlertQueueModel, CostSimCBIncidentModel
+from alertq.models import (
+    AlertStatus,
+    CostSimAlertQueueModel,
+    CostSimCBIncidentModel,
+    CostSimCBStateModel,
+)
 
 Q = CostSimAlertQueueModel
 PENDING = AlertStatus.PENDING.value
@@ -43,6 +51,39 @@ SUPERSEDED = AlertStatus.SUPERSEDED.value
 
 NOTIFY_CHANNEL = "alertq_enqueued"
 PURGE_BATCH = 5000
+
+
+def _supersede_older_statement() -> Any:
+    newer = aliased(Q)
+    return (
+        update(Q)
+        .where(
+            Q.status == PENDING,
+            Q.fingerprint.in_(bindparam("fingerprints", expanding=True)),
+            or_(
+                Q.leased_until.is_(None),
+                Q.leased_until <= bindparam("now", type_=Q.__table__.c.leased_until.type),
+            ),
+            exists().where(
+                newer.fingerprint == Q.fingerprint,
+                newer.id > Q.id,
+                newer.status.in_([PENDING, SENT]),
+            ),
+        )
+        .values(
+            status=SUPERSEDED,
+            last_error="superseded by a newer alert with the same labels",
+            leased_until=None,
+            leased_by=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+# Built once: every enqueue runs these, and building the supersede statement cost more
+# CPU than running it (about 1 ms a call; see bench/profile.py enqueue).
+_SUPERSEDE_OLDER = _supersede_older_statement()
+_NOTIFY = select(func.pg_notify(literal(NOTIFY_CHANNEL), literal("")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,28 +514,8 @@ class AlertDriver:
         """
         if not fingerprints:
             return 0
-        newer = aliased(Q)
-        stmt = (
-            update(Q)
-            .where(
-                Q.status == PENDING,
-                Q.fingerprint.in_(list(fingerprints)),
-                or_(Q.leased_until.is_(None), Q.leased_until <= now),
-                exists().where(
-                    newer.fingerprint == Q.fingerprint,
-                    newer.id > Q.id,
-                    newer.status.in_([PENDING, SENT]),
-                ),
-            )
-            .values(
-                status=SUPERSEDED,
-                last_error="superseded by a newer alert with the same labels",
-                leased_until=None,
-                leased_by=None,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        return _rowcount(await self.session.execute(stmt))
+        params = {"fingerprints": list(fingerprints), "now": now}
+        return _rowcount(await self.session.execute(_SUPERSEDE_OLDER, params))
 
     async def alerts_counts(self, now: datetime) -> QueueCounts:
         """Due rows, leased rows and the earliest future ``next_attempt_at``, in one query."""
@@ -503,7 +524,9 @@ class AlertDriver:
         stmt = select(
             func.count().filter(due),
             func.count().filter(leased),
-            func.min(Q.next_attempt_at),
+            # Future only: a due row the claim skipped (its labels are in flight) must not
+            # make an idle worker poll without pause.
+            func.min(Q.next_attempt_at).filter(Q.next_attempt_at > now),
         ).where(Q.status == PENDING)
         due_n, leased_n, next_due = (await self.session.execute(stmt)).one()
         return QueueCounts(due=int(due_n), leased=int(leased_n), next_due_at=_aware(next_due))
@@ -532,7 +555,7 @@ class AlertDriver:
         PostgreSQL folds identical notifications of one transaction into one.
         """
         if self._dialect == "postgresql":
-            await self.session.execute(select(func.pg_notify(literal(NOTIFY_CHANNEL), literal(""))))
+            await self.session.execute(_NOTIFY)
 
     # ------------------------------------------------------------------ internals
 
@@ -581,7 +604,272 @@ def get_alert_driver(session: AsyncSession) -> AlertDriver:
 __all__ = [
     "NOTIFY_CHANNEL",
     "AlertDriver",
+    "BreakerDriver",
     "ClaimedAlert",
+    "KeepaliveCandidate",
     "QueueCounts",
     "get_alert_driver",
+    "get_breaker_driver",
 ]
+
+
+# ---------------------------------------------------------------------------- circuit breaker
+
+State = CostSimCBStateModel
+Incident = CostSimCBIncidentModel
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveCandidate:
+    """A sent or failed breaker alert row, with its incident locked, that may be re-sent."""
+
+    id: int
+    alert_type: str
+    status: str
+    payload: list[dict[str, Any]]
+    sent_at: datetime | None
+    last_attempt_at: datetime | None
+    incident_id: str
+    incident_resolved: bool
+    incident_resolved_at: datetime | None
+
+
+class BreakerDriver:
+    """Data access for circuit breaker state, incidents and their alerts' keep-alive.
+
+    Like :class:`AlertDriver`: the session is the caller's, nothing is committed here.
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def _dialect(self) -> str:
+        return self.session.get_bind().dialect.name
+
+    # -- state
+
+    async def state_ensure(self, name: str, now: datetime) -> None:
+        """Create the breaker's state row (closed) unless it exists; safe under races."""
+        values = {
+            "name": name,
+            "disabled": False,
+            "consecutive_failures": 0,
+            "updated_at": now,
+            "created_at": now,
+        }
+        stmt: Any
+        if self._dialect == "postgresql":
+            stmt = pg_insert(State).values(**values).on_conflict_do_nothing(index_elements=["name"])
+        else:
+            stmt = (
+                sqlite_insert(State)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+        await self.session.execute(stmt)
+
+    async def state_lock(self, name: str) -> State | None:
+        """The state row, locked ``FOR UPDATE`` until the transaction ends (PostgreSQL; on
+        SQLite the write transaction already excludes other writers). Freshly read."""
+        stmt = (
+            select(State)
+            .where(State.name == name)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def state_get(self, name: str) -> State | None:
+        """The state row, unlocked and freshly read."""
+        stmt = select(State).where(State.name == name).execution_options(populate_existing=True)
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def state_list(self) -> list[State]:
+        """Every state row, by name."""
+        stmt = select(State).order_by(State.name).execution_options(populate_existing=True)
+        return list((await self.session.scalars(stmt)).all())
+
+    async def state_update(self, state_id: int, **values: Any) -> None:
+        """Set columns of one state row."""
+        stmt = (
+            update(State)
+            .where(State.id == state_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        await self.session.execute(stmt)
+
+    # -- incidents
+
+    async def incident_insert(self, **values: Any) -> Incident:
+        """Insert an incident and return it."""
+        stmt = insert(Incident).values(**values).returning(Incident)
+        return (await self.session.scalars(stmt)).one()
+
+    async def incident_get(self, incident_id: str) -> Incident | None:
+        """One incident by id, freshly read."""
+        stmt = (
+            select(Incident)
+            .where(Incident.id == incident_id)
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def incident_resolve(
+        self, incident_id: str, resolved_at: datetime, resolved_by: str, notes: str | None
+    ) -> bool:
+        """Resolve an open incident; False if it was already resolved (or is missing)."""
+        stmt = (
+            update(Incident)
+            .where(Incident.id == incident_id, Incident.resolved.is_(False))
+            .values(
+                resolved=True,
+                resolved_at=resolved_at,
+                resolved_by=resolved_by,
+                resolution_notes=notes,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return _rowcount(await self.session.execute(stmt)) > 0
+
+    async def incident_list(
+        self, name: str | None, include_resolved: bool, limit: int
+    ) -> list[Incident]:
+        """Incidents newest first, optionally of one breaker, open ones only by default."""
+        stmt = (
+            select(Incident)
+            .order_by(Incident.timestamp.desc(), Incident.id.desc())
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
+        if name is not None:
+            stmt = stmt.where(Incident.circuit_breaker_name == name)
+        if not include_resolved:
+            stmt = stmt.where(Incident.resolved.is_(False))
+        return list((await self.session.scalars(stmt)).all())
+
+    async def incident_record_response(self, incident_id: str, response: str) -> bool:
+        """Store the last Alertmanager response to one of the incident's alerts."""
+        stmt = (
+            update(Incident)
+            .where(Incident.id == incident_id)
+            .values(alert_response=response)
+            .execution_options(synchronize_session=False)
+        )
+        return _rowcount(await self.session.execute(stmt)) > 0
+
+    # -- keep-alive
+
+    async def keepalive_lock_candidates(
+        self,
+        sent_before: datetime,
+        resolved_after: datetime,
+        limit: int,
+        *,
+        firing_type: str = "disable",
+        resolving_type: str = "enable",
+    ) -> list[KeepaliveCandidate]:
+        """Breaker alert rows that may be due for a re-send, their incidents locked.
+
+        A candidate is the *current* row of an incident (no newer row has its fingerprint),
+        ``sent`` before ``sent_before`` or ``failed`` with its last attempt before it; a
+        firing row (``firing_type``) of an open incident, or a resolving row of an incident
+        resolved after ``resolved_after``. On PostgreSQL the incident rows are locked
+        ``FOR UPDATE SKIP LOCKED``: an incident being resolved right now is skipped, and
+        one locked here makes its resolution wait until this transaction ends. The values
+        returned are those of the locked rows.
+        """
+        newer = aliased(Q)
+        stmt = (
+            select(
+                Q.id,
+                Q.alert_type,
+                Q.status,
+                Q.payload,
+                Q.sent_at,
+                Q.last_attempt_at,
+                Incident.id,
+                Incident.resolved,
+                Incident.resolved_at,
+            )
+            .select_from(Incident)
+            .join(Q, Q.incident_id == Incident.id)
+            .where(
+                or_(
+                    Incident.resolved.is_(False),
+                    Incident.resolved_at > resolved_after,
+                ),
+                or_(
+                    and_(
+                        Q.alert_type == firing_type,
+                        Incident.resolved.is_(False),
+                    ),
+                    and_(
+                        Q.alert_type == resolving_type,
+                        Incident.resolved.is_(True),
+                    ),
+                ),
+                or_(
+                    and_(Q.status == SENT, Q.sent_at <= sent_before),
+                    and_(Q.status == FAILED, Q.last_attempt_at <= sent_before),
+                ),
+                Q.fingerprint.is_not(None),
+                ~exists().where(newer.fingerprint == Q.fingerprint, newer.id > Q.id),
+            )
+            .order_by(Q.id)
+            .limit(limit)
+            .with_for_update(of=Incident, skip_locked=True)
+        )
+        return [
+            KeepaliveCandidate(
+                id=r[0],
+                alert_type=r[1],
+                status=r[2],
+                payload=r[3],
+                sent_at=_aware(r[4]),
+                last_attempt_at=_aware(r[5]),
+                incident_id=r[6],
+                incident_resolved=bool(r[7]),
+                incident_resolved_at=_aware(r[8]),
+            )
+            for r in (await self.session.execute(stmt)).all()
+        ]
+
+    async def alerts_rearm(
+        self, alert_id: int, payload: list[dict[str, Any]], now: datetime
+    ) -> bool:
+        """Make a sent or failed row pending again, due at ``now``, with ``payload``.
+
+        The row counts as enqueued anew: attempts 0, no target has it, ``created_at = now``.
+        Applies only while the row is still sent or failed and no newer row has its
+        fingerprint (a resolving row must never be overtaken by a re-armed firing one).
+        """
+        newer = aliased(Q)
+        stmt = (
+            update(Q)
+            .where(
+                Q.id == alert_id,
+                Q.status.in_([SENT, FAILED]),
+                Q.fingerprint.is_not(None),
+                ~exists().where(newer.fingerprint == Q.fingerprint, newer.id > Q.id),
+            )
+            .values(
+                payload=payload,
+                status=PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                last_error=None,
+                delivered_to=[],
+                leased_until=None,
+                leased_by=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return _rowcount(await self.session.execute(stmt)) > 0
+
+
+def get_breaker_driver(session: AsyncSession) -> BreakerDriver:
+    """A :class:`BreakerDriver` for ``session``."""
+    return BreakerDriver(session)
