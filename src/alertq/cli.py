@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from alertq import migrate, ops
 from alertq.alerts import InvalidAlertPayload, parse_payload
+from alertq.breaker import BreakerState, CircuitBreaker
 from alertq.config import Settings, parse_duration
 from alertq.db import create_engine, create_session_factory, transaction
 from alertq.engine import AlertWorker
@@ -103,6 +105,29 @@ def worker(
 
 
 @app.command()
+def run(
+    http_addr: str | None = typer.Option(
+        None, "--http-addr", help="host:port of the ops server (default: ALERTQ_HTTP_ADDR)."
+    ),
+    concurrency: int | None = typer.Option(None, help="Delivery loops (default: settings)."),
+) -> None:
+    """Deliver alerts and serve the status page, /metrics and the ops API, until SIGTERM."""
+    from alertq.runner import run_service  # imports FastAPI and uvicorn: only when needed
+
+    settings = load_settings()
+    updates: dict[str, Any] = {}
+    if http_addr is not None:
+        updates["http_addr"] = http_addr
+    if concurrency is not None:
+        updates["concurrency"] = concurrency
+    settings = settings.model_copy(update=updates)
+    configure_logging(settings.log_format, settings.log_level)
+    code = asyncio.run(run_service(settings))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def enqueue(
     file: Path = typer.Option(..., "--file", exists=False, help="JSON payload: a list of alerts."),
     alert_type: str = typer.Option(..., "--type", help="Alert type, e.g. disable or enable."),
@@ -142,7 +167,7 @@ def stats(
     settings = load_settings()
 
     def render(result: dict[str, Any]) -> Table:
-        table = Table("status", "rows", title="alertq queue")
+        table = Table("status", "rows", title="alertq queue", min_width=34)
         for key, value in result.items():
             if isinstance(value, int) and key != "total":
                 table.add_row(key, str(value))
@@ -209,6 +234,176 @@ def purge(
 
         total = run_with_db(settings, lambda f: ops.purge(f, cutoff, statuses, progress=report))
     typer.echo(f"purged {total} rows")
+
+
+# --------------------------------------------------------------------------- breaker
+
+breaker_app = typer.Typer(help="Circuit breakers: state, trips, resets and incidents.")
+app.add_typer(breaker_app, name="breaker")
+
+
+def _operator() -> str:
+    """Who runs this command, for ``disabled_by`` / ``resolved_by``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _breaker_table(states: list[BreakerState]) -> Table:
+    table = Table("breaker", "state", "updated", "until", "by", "reason", "incident", "failures")
+    for st in states:
+        table.add_row(
+            st.name,
+            "[red]OPEN[/red]" if st.disabled else "[green]closed[/green]",
+            _when(st.updated_at),
+            _when(st.disabled_until),
+            st.disabled_by or "",
+            st.disabled_reason or "",
+            st.incident_id or "",
+            str(st.consecutive_failures),
+        )
+    return table
+
+
+def _dump(items: list[Any]) -> None:
+    typer.echo(
+        json.dumps([{k: _jsonable(v) for k, v in asdict(i).items()} for i in items], indent=2)
+    )
+
+
+def _run_breaker(settings: Settings, work: Callable[[CircuitBreaker], Awaitable[T]]) -> T:
+    return run_with_db(settings, lambda factory: work(CircuitBreaker(settings, factory)))
+
+
+@breaker_app.command("status")
+def breaker_status(
+    name: str | None = typer.Argument(None, help="One breaker (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show the state of one breaker or all of them. Exit 1 if NAME is unknown."""
+    settings = load_settings()
+
+    async def work(cb: CircuitBreaker) -> list[BreakerState] | None:
+        if name is None:
+            return await cb.list_states()
+        state = await cb.get_state(name)
+        return None if state is None else [state]
+
+    states = _run_breaker(settings, work)
+    if states is None:
+        err.print(f"no circuit breaker named {name!r}")
+        raise typer.Exit(1)
+    if as_json:
+        _dump(states)
+    elif not states:
+        console.print("no circuit breakers yet")
+    else:
+        console.print(_breaker_table(states))
+
+
+@breaker_app.command("trip")
+def breaker_trip(
+    name: str = typer.Argument(..., help="Breaker name."),
+    reason: str = typer.Option(..., "--reason", help="Why (shown in the alert)."),
+    until: str | None = typer.Option(
+        None, "--until", help="Close by itself after this long, e.g. 30m, 2h."
+    ),
+) -> None:
+    """Open a breaker by hand: creates an incident and sends its firing alert."""
+    settings = load_settings()
+    disabled_until = None
+    if until is not None:
+        try:
+            disabled_until = datetime.now(UTC) + parse_duration(until)
+        except ValueError as exc:
+            err.print(str(exc))
+            raise typer.Exit(2) from exc
+
+    async def work(cb: CircuitBreaker) -> tuple[BreakerState | None, BreakerState]:
+        before = await cb.get_state(name)
+        return before, await cb.disable(name, reason, _operator(), disabled_until)
+
+    before, after = _run_breaker(settings, work)
+    if before is not None and before.disabled and before.incident_id == after.incident_id:
+        console.print(f"breaker {name} was already open (incident {after.incident_id})")
+        return
+    console.print(f"breaker {name} is [red]OPEN[/red]: incident {after.incident_id}")
+
+
+@breaker_app.command("reset")
+def breaker_reset(
+    name: str = typer.Argument(..., help="Breaker name."),
+    reason: str | None = typer.Option(None, "--reason", help="Resolution notes."),
+) -> None:
+    """Close a breaker: resolves its incident and sends the resolving alert."""
+    settings = load_settings()
+
+    async def work(cb: CircuitBreaker) -> tuple[BreakerState | None, BreakerState]:
+        before = await cb.get_state(name)
+        return before, await cb.enable(name, _operator(), reason)
+
+    before, _after = _run_breaker(settings, work)
+    if before is None or not before.disabled:
+        console.print(f"breaker {name} was already closed")
+        return
+    console.print(
+        f"breaker {name} is [green]closed[/green]: incident {before.incident_id} resolved"
+    )
+
+
+@breaker_app.command("incidents")
+def breaker_incidents(
+    name: str | None = typer.Argument(None, help="One breaker (default: all)."),
+    include_resolved: bool = typer.Option(False, "--all", help="Include resolved incidents."),
+    limit: int = typer.Option(100, "--limit", min=1, help="At most this many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List open incidents (all of them with --all), newest first."""
+    settings = load_settings()
+    incidents = _run_breaker(settings, lambda cb: cb.list_incidents(name, include_resolved, limit))
+    if as_json:
+        _dump(incidents)
+        return
+    table = Table(
+        "incident",
+        "breaker",
+        "opened",
+        "severity",
+        "reason",
+        "resolved",
+        "alert sent",
+        title="incidents" if include_resolved else "open incidents",
+    )
+    for inc in incidents:
+        table.add_row(
+            inc.id,
+            inc.circuit_breaker_name,
+            _when(inc.timestamp),
+            inc.severity,
+            inc.reason,
+            f"{_when(inc.resolved_at)} by {inc.resolved_by}" if inc.resolved else "",
+            _when(inc.alert_sent_at) if inc.alert_sent else "no",
+        )
+    console.print(table)
+
+
+@breaker_app.command("report-drift")
+def breaker_report_drift(
+    name: str = typer.Argument(..., help="Breaker name."),
+    score: float = typer.Argument(..., help="Drift score."),
+    samples: int = typer.Option(1, "--samples", min=1, help="Samples behind the score."),
+) -> None:
+    """Report a drift score; enough consecutive scores above the threshold trip the breaker."""
+    settings = load_settings()
+    state = _run_breaker(settings, lambda cb: cb.report_drift(name, score, samples))
+    console.print(_breaker_table([state]))
 
 
 def main() -> None:

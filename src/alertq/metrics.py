@@ -3,6 +3,8 @@ server exposes them at ``/metrics``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import Counter, Gauge, Histogram
 
 DELIVERIES = Counter(
@@ -53,3 +55,40 @@ ALERTMANAGER_UP = Gauge(
     "1 if the Alertmanager answered its last readiness check.",
     ["alertmanager"],
 )
+ALERTMANAGER_LAST_CHECK = Gauge(
+    "alertq_alertmanager_last_check_timestamp_seconds",
+    "When the Alertmanager's readiness was last checked (UNIX time).",
+    ["alertmanager"],
+)
+QUEUE_STATS_TIMESTAMP = Gauge(
+    "alertq_queue_stats_timestamp_seconds",
+    "When the cached queue stats behind alertq_queue_rows were last read (UNIX time).",
+)
+OPS_ACTIONS = Counter(
+    "alertq_ops_actions_total",
+    "Operator actions accepted by the ops API (retry, purge, breaker trip and reset).",
+    ["action"],
+)
+
+KNOWN_STATUSES = ("pending", "sent", "failed", "superseded")
+
+
+def set_queue_stats(by_status: Mapping[str, int], oldest_due_age: float, at: float) -> None:
+    """Publish one queue-stats reading; statuses absent from it read 0, not their last value."""
+    for status in {*KNOWN_STATUSES, *by_status}:
+        QUEUE_ROWS.labels(status).set(by_status.get(status, 0))
+    OLDEST_DUE_AGE.set(oldest_due_age)
+    QUEUE_STATS_TIMESTAMP.set(at)
+
+
+def set_breakers(open_by_name: Mapping[str, bool], open_incidents: int) -> None:
+    """Publish every breaker's state (1 open, 0 closed) and the count of open incidents."""
+    for name, is_open in open_by_name.items():
+        BREAKER_OPEN.labels(name).set(1 if is_open else 0)
+    OPEN_INCIDENTS.set(open_incidents)
+
+
+def set_alertmanager_up(target: str, up: bool, at: float) -> None:
+    """Publish one readiness check of one Alertmanager (by its credential-free key)."""
+    ALERTMANAGER_UP.labels(target).set(1 if up else 0)
+    ALERTMANAGER_LAST_CHECK.labels(target).set(at)
