@@ -64,10 +64,14 @@ def _supersede_older_statement() -> Any:
                 Q.leased_until.is_(None),
                 Q.leased_until <= bindparam("now", type_=Q.__table__.c.leased_until.type),
             ),
+            # Newer *pending* rows only: the partial fingerprint index then serves the probe,
+            # where counting sent rows scanned the table on every enqueue. A newer row is
+            # pending whenever this matters (it cannot be claimed while an older one of its
+            # fingerprint is leased).
             exists().where(
                 newer.fingerprint == Q.fingerprint,
                 newer.id > Q.id,
-                newer.status.in_([PENDING, SENT]),
+                newer.status == PENDING,
             ),
         )
         .values(
@@ -509,7 +513,7 @@ class AlertDriver:
     async def alerts_supersede_older(self, fingerprints: Sequence[str], now: datetime) -> int:
         """Retire pending, unleased rows older than the newest row of their fingerprint.
 
-        "Newest" is the highest id among pending and sent rows; a leased row is left alone
+        "Newer" means a pending row with a higher id; a leased row is left alone
         (its outcome is recorded first, then this runs again for it).
         """
         if not fingerprints:
