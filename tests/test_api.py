@@ -19,7 +19,7 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
 
-from alertq.api import OpsContext, create_app
+from alertq.api import create_app
 from alertq.breaker import CircuitBreaker
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory, transaction
@@ -27,6 +27,7 @@ from alertq.delivery import AlertmanagerClient
 from alertq.driver import get_alert_driver
 from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
+from alertq.opsview import OpsContext
 from tests.support import free_port
 from tests.support.stub import StubAlertmanager
 

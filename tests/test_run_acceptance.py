@@ -18,13 +18,13 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alertq.api import OpsContext
 from alertq.breaker import CircuitBreaker
 from alertq.config import Settings
 from alertq.db import transaction
 from alertq.delivery import AlertmanagerClient
 from alertq.driver import get_alert_driver
 from alertq.enqueue import enqueue_alert
+from alertq.opsview import OpsContext
 from alertq.runner import Collector, parse_http_addr, print_banner
 from tests.support import free_port
 from tests.support.alertmanager import AlertmanagerProcess

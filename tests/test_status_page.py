@@ -16,13 +16,15 @@ import pytest
 from playwright.async_api import Page, async_playwright
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alertq.api import OpsContext, Sample, build_chart, create_app
+from alertq.api import create_app
 from alertq.breaker import CircuitBreaker
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory, transaction
 from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
+from alertq.opsview import OpsContext, Sample
+from alertq.statuspage import build_chart
 from tests.support import free_port
 from tests.support.processes import alertq_env, start_alertq, wait_until
 from tests.support.stub import StubAlertmanager

@@ -28,11 +28,12 @@ from typing import TextIO
 import uvicorn
 from sqlalchemy.engine import make_url
 
-from alertq.api import DatabaseUnavailable, OpsContext, Snapshot, create_app
+from alertq.api import create_app
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory
 from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
+from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot
 
 __all__ = ["Collector", "parse_http_addr", "print_banner", "run_service"]
 

@@ -1,0 +1,225 @@
+"""The cached ops view: what the ops server and the status page read.
+
+:class:`OpsContext` holds a snapshot of queue stats, breakers and open incidents cached
+for ``stats_cache_seconds`` (so neither a scrape nor a page view recounts the queue), each
+Alertmanager's last readiness check, and the in-process samples behind the status page's
+chart. ``alertq run`` (:mod:`alertq.runner`) keeps it fresh. Everything goes through the
+service layer (:mod:`alertq.ops`, :class:`CircuitBreaker`); no SQL here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client import REGISTRY
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alertq import metrics, ops
+from alertq.breaker import BreakerState, CircuitBreaker, IncidentView
+from alertq.config import Settings
+from alertq.delivery import TargetHealth, target_key
+from alertq.engine import WorkerStats
+
+__all__ = [
+    "CHART_WINDOW",
+    "DatabaseUnavailable",
+    "OpsContext",
+    "Sample",
+    "Snapshot",
+    "TargetStatus",
+    "by_status",
+    "describe_db_error",
+    "is_open",
+]
+
+Factory = async_sessionmaker[AsyncSession]
+Clock = Callable[[], datetime]
+
+CHART_WINDOW = timedelta(hours=1)
+MAX_SAMPLES = 3600
+OPEN_INCIDENTS_LIMIT = 10_000
+SUMMARY_STATUSES = ("pending", "failed", "sent", "superseded")
+
+
+def utcnow() -> datetime:
+    """Now, in UTC: the default clock of :class:`OpsContext`."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One cached reading of the queue and the breakers."""
+
+    stats: dict[str, Any]
+    breakers: list[BreakerState]
+    open_incidents: list[IncidentView]
+    collected_at: datetime
+
+
+@dataclass(slots=True)
+class TargetStatus:
+    """What is known of one Alertmanager: its last readiness check."""
+
+    target: str
+    ready: bool | None = None  # None: not checked yet
+    error: str | None = None
+    checked_at: datetime | None = None
+    last_ready_at: datetime | None = None
+    duration: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One point of the status page's chart."""
+
+    at: datetime
+    sent_total: float
+    pending: int
+    failed: int
+
+
+class DatabaseUnavailable(Exception):
+    """The database did not answer; the message is safe to show (no credentials, no SQL)."""
+
+
+def is_open(state: BreakerState, now: datetime) -> bool:
+    """Open (disabled) and not past its ``disabled_until``."""
+    return state.disabled and (state.disabled_until is None or state.disabled_until > now)
+
+
+def by_status(stats: dict[str, Any]) -> dict[str, int]:
+    """The per-status row counts of :func:`alertq.ops.queue_stats`."""
+    counts = {s: 0 for s in SUMMARY_STATUSES}
+    counts.update({k: v for k, v in stats.items() if isinstance(v, int) and k != "total"})
+    return counts
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """A database error in one line that is safe to show: the driver's exception type and
+    the first line of its message (no SQL, no parameters, no credentials)."""
+    # SQLAlchemy's text carries the statement and its parameters: keep only the driver's
+    # first line. Connection URLs never appear in these messages.
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0][:200]
+    name = type(cause).__name__
+    return f"{name}: {first}" if first else name
+
+
+class OpsContext:
+    """The state the ops server reads, kept fresh by :mod:`alertq.runner`.
+
+    ``worker_stats`` (the in-process worker's counters) adds each target's last delivery
+    error to the status page. ``clock`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: Factory,
+        *,
+        breaker: CircuitBreaker | None = None,
+        worker_stats: WorkerStats | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.breaker = breaker or CircuitBreaker(settings, session_factory)
+        self.worker_stats = worker_stats
+        self.clock = clock
+        self.targets = [target_key(u) for u in settings.alertmanager_urls]
+        self.health = {t: TargetStatus(t) for t in self.targets}
+        self.samples: deque[Sample] = deque(maxlen=MAX_SAMPLES)
+        self.started_at = clock()
+        self._snapshot: Snapshot | None = None
+        self._generation = 0
+        self._lock = asyncio.Lock()
+
+    # -- snapshot
+
+    async def snapshot(self, max_age: float | None = None) -> Snapshot:
+        """The cached snapshot if younger than ``max_age`` (default ``stats_cache_seconds``),
+        else a fresh one. Concurrent callers share one refresh."""
+        limit = self.settings.stats_cache_seconds if max_age is None else max_age
+        current = self._snapshot
+        if current is not None and self._age(current) <= limit:
+            return current
+        async with self._lock:
+            current = self._snapshot
+            if current is not None and self._age(current) <= limit:
+                return current
+            return await self._refresh()
+
+    async def refresh(self) -> Snapshot:
+        """Read the queue stats, breakers and open incidents now, and publish the gauges.
+
+        Raises :class:`DatabaseUnavailable` when the database does not answer.
+        """
+        async with self._lock:
+            return await self._refresh()
+
+    def invalidate(self) -> None:
+        """Forget the cached snapshot (after a mutation), so the next read is fresh."""
+        self._snapshot = None
+        self._generation += 1
+
+    @property
+    def cached(self) -> Snapshot | None:
+        """The last snapshot, however old."""
+        return self._snapshot
+
+    def _age(self, snap: Snapshot) -> float:
+        return (self.clock() - snap.collected_at).total_seconds()
+
+    async def _refresh(self) -> Snapshot:
+        generation = self._generation
+        try:
+            stats = await ops.queue_stats(self.session_factory)
+            breakers = await self.breaker.list_states()
+            incidents = await self.breaker.list_incidents(limit=OPEN_INCIDENTS_LIMIT)
+        except (SQLAlchemyError, OSError) as exc:
+            raise DatabaseUnavailable(describe_db_error(exc)) from exc
+        now = self.clock()
+        metrics.set_queue_stats(by_status(stats), stats["oldest_due_age_seconds"], now.timestamp())
+        metrics.set_breakers({b.name: is_open(b, now) for b in breakers}, len(incidents))
+        snap = Snapshot(stats, breakers, incidents, now)
+        if generation == self._generation:  # else a mutation raced this read: don't cache it
+            self._snapshot = snap
+        return snap
+
+    # -- Alertmanager health and chart samples
+
+    def record_health(self, results: Sequence[TargetHealth]) -> list[TargetStatus]:
+        """Store readiness check results; returns the targets whose readiness changed."""
+        now = self.clock()
+        changed = []
+        for result in results:
+            status = self.health.setdefault(result.target, TargetStatus(result.target))
+            if status.ready is not result.ready:
+                changed.append(status)
+            status.ready, status.error = result.ready, result.error
+            status.checked_at, status.duration = now, result.duration
+            if result.ready:
+                status.last_ready_at = now
+            metrics.set_alertmanager_up(result.target, result.ready, now.timestamp())
+        return changed
+
+    @property
+    def any_ready(self) -> bool:
+        return any(s.ready for s in self.health.values())
+
+    def record_sample(self, snap: Snapshot) -> Sample:
+        """Append a chart sample: the queue depth of ``snap`` and the sent-rows counter."""
+        now = self.clock()
+        sent = REGISTRY.get_sample_value("alertq_alerts_sent_total") or 0.0
+        counts = by_status(snap.stats)
+        sample = Sample(now, sent, counts["pending"], counts["failed"])
+        self.samples.append(sample)
+        while self.samples and now - self.samples[0].at > CHART_WINDOW:
+            self.samples.popleft()
+        return sample
