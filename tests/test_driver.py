@@ -74,11 +74,10 @@ async def test_fetch_pending_returns_due_rows_oldest_first_up_to_batch(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite serialises writers
 async def test_concurrent_fetch_pending_gets_disjoint_rows_on_postgres(
-    session_factory: async_sessionmaker[AsyncSession], is_postgres: bool
+    session_factory: async_sessionmaker[AsyncSession],
 ) -> None:
-    if not is_postgres:
-        pytest.skip("row locks are PostgreSQL's; SQLite serialises writers instead")
     await insert(session_factory, 10)
     now = T0 + timedelta(minutes=1)
     async with session_factory() as s1, session_factory() as s2:
