@@ -32,5 +32,9 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+## Every benchmark (about 25 minutes; `bash bench/run_all.sh --quick` for a short pass).
+bench: $(VENV)/.installed-test
+	bash bench/run_all.sh
+
 clean:
 	rm -rf $(VENV) alertq.db alertq.db-wal alertq.db-shm
