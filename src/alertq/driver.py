@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     CursorResult,
+    Table,
     and_,
     bindparam,
     case,
@@ -34,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import aliased, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from alertq.models import (
@@ -84,6 +85,57 @@ def _supersede_older_statement() -> Any:
         .execution_options(synchronize_session=False)
     )
 
+
+def _enqueue_statement(notify: bool) -> Any:
+    """PostgreSQL's one-round-trip enqueue: retire, insert and (optionally) NOTIFY.
+
+    The superseding UPDATE runs in a CTE on the statement's snapshot, which cannot see the
+    new row: it retires exactly the older unleased pending rows of the fingerprint.
+    """
+    t: Table = CostSimAlertQueueModel.__table__  # type: ignore[assignment]
+    superseded = (
+        update(t)
+        .where(
+            t.c.fingerprint == bindparam("e_fp", type_=t.c.fingerprint.type),
+            # A literal, not a parameter: a generic plan must still match the partial index.
+            t.c.status == literal_column("'pending'"),
+            or_(
+                t.c.leased_until.is_(None),
+                t.c.leased_until <= bindparam("e_now", type_=t.c.leased_until.type),
+            ),
+        )
+        .values(
+            status=SUPERSEDED,
+            last_error="superseded by a newer alert with the same labels",
+            leased_until=None,
+            leased_by=None,
+        )
+        .returning(t.c.id)
+        .cte("superseded")
+    )
+    stmt = (
+        insert(t)
+        .values(
+            payload=bindparam("e_payload", type_=t.c.payload.type),
+            alert_type=bindparam("e_type", type_=t.c.alert_type.type),
+            circuit_breaker_name=bindparam("e_cb", type_=t.c.circuit_breaker_name.type),
+            incident_id=bindparam("e_incident", type_=t.c.incident_id.type),
+            fingerprint=bindparam("e_fp", type_=t.c.fingerprint.type),
+            max_attempts=bindparam("e_max", type_=t.c.max_attempts.type),
+            next_attempt_at=bindparam("e_now", type_=t.c.next_attempt_at.type),
+            created_at=bindparam("e_now", type_=t.c.created_at.type),
+            status=PENDING,
+            attempts=0,
+            lease_token=0,
+            delivered_to=literal([], t.c.delivered_to.type),
+        )
+        .add_cte(superseded)
+    )
+    extra = [func.pg_notify(literal(NOTIFY_CHANNEL), literal(""))] if notify else []
+    return stmt.returning(*t.c, *extra)
+
+
+_ENQUEUE_PG = {notify: _enqueue_statement(notify) for notify in (False, True)}
 
 # Built once: every enqueue runs these, and building the supersede statement cost more
 # CPU than running it (about 1 ms a call; see bench/profile.py enqueue).
@@ -273,6 +325,54 @@ class AlertDriver:
             values["created_at"] = now
         stmt = insert(Q).values(**values).returning(Q)
         row = (await self.session.scalars(stmt)).one()
+        return row
+
+    async def alerts_enqueue(
+        self,
+        payload: list[dict[str, Any]],
+        alert_type: str,
+        circuit_breaker_name: str | None,
+        incident_id: str | None,
+        *,
+        fingerprint: str,
+        now: datetime,
+        max_attempts: int = 10,
+        notify: bool = False,
+    ) -> Q:
+        """Insert a pending row and retire older unleased pending rows of ``fingerprint``.
+
+        With ``notify``, also NOTIFY workers (PostgreSQL; delivered on commit). On
+        PostgreSQL this is one statement, so a producer pays one round trip; on SQLite it is
+        :meth:`insert_alert` then :meth:`alerts_supersede_older`. Returns the new row,
+        attached to the session.
+        """
+        if self._dialect != "postgresql":
+            row = await self.insert_alert(
+                payload,
+                alert_type,
+                circuit_breaker_name,
+                incident_id,
+                fingerprint=fingerprint,
+                max_attempts=max_attempts,
+                now=now,
+            )
+            await self.alerts_supersede_older([fingerprint], now)
+            return row
+        params = {
+            "e_payload": payload,
+            "e_type": alert_type,
+            "e_cb": circuit_breaker_name,
+            "e_incident": incident_id,
+            "e_fp": fingerprint,
+            "e_max": max_attempts,
+            "e_now": now,
+        }
+        result = (await self.session.execute(_ENQUEUE_PG[notify], params)).one()
+        values = {c.key: result._mapping[c] for c in Q.__table__.c}
+        row = Q(**values)
+        # As though loaded by a query: persistent in this session, nothing left to flush.
+        make_transient_to_detached(row)
+        self.session.add(row)
         return row
 
     async def retry_failed_alerts(
