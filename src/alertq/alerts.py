@@ -167,6 +167,12 @@ def parse_payload(raw: str | bytes) -> list[dict[str, Any]]:
         ) from None
     except RecursionError:
         raise InvalidAlertPayload("not valid JSON: nested too deeply") from None
+    except InvalidAlertPayload:
+        raise
+    except ValueError:
+        # An integer literal longer than Python's int_max_str_digits (4300) is refused by
+        # json.loads with a bare ValueError, not a JSONDecodeError.
+        raise InvalidAlertPayload("not valid JSON: a number literal is too long") from None
     return validate_payload(value)
 
 

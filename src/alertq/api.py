@@ -12,11 +12,17 @@ configured they are disabled (403).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
+import reprlib
 import secrets
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -55,6 +61,8 @@ __all__ = ["create_app", "require_token"]
 log = logging.getLogger("alertq.api")
 
 MAX_ALERT_ID = 2**63 - 1
+ECHO_LIMIT = 200
+"""At most this many characters of a refused input are echoed in a 422."""
 BREAKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}$"
 
 
@@ -132,6 +140,11 @@ def create_app(context: OpsContext) -> FastAPI:
 
     app.add_exception_handler(SQLAlchemyError, _db_error)
     app.add_exception_handler(OSError, _db_error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [_printable_error(e) for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     _routes(app)
     return app
@@ -362,6 +375,52 @@ def _routes(app: FastAPI) -> None:
     async def status_page(context: Ctx) -> HTMLResponse:
         """The status page (HTML, refreshes itself)."""
         return HTMLResponse(await render_status_page(context))
+
+
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother = 3, ECHO_LIMIT, ECHO_LIMIT
+
+
+def _printable_error(error: Any) -> Any:
+    """A validation error that renders as UTF-8 JSON whatever the client sent.
+
+    FastAPI's own handler echoes the offending ``input`` as it is: bytes that are not
+    UTF-8, a lone surrogate, NaN, or a value hundreds of levels deep each turned the 422
+    into a 500, and a megabyte body was echoed whole. Here the echo is short and printable,
+    and so is everything else in the error.
+    """
+    if not isinstance(error, dict):
+        return _echo(error, ECHO_LIMIT)
+    out = {str(k): _echo(v, 2000) for k, v in error.items() if k not in ("input", "loc", "ctx")}
+    if "loc" in error:
+        out["loc"] = [_echo(part, ECHO_LIMIT) for part in error["loc"]]
+    if "input" in error:
+        out["input"] = _echo(error["input"], ECHO_LIMIT)
+    if isinstance(error.get("ctx"), dict):
+        out["ctx"] = {str(k): _echo(v, 2000) for k, v in error["ctx"].items()}
+    return out
+
+
+def _echo(value: Any, limit: int) -> Any:
+    """A JSON scalar as it is; anything else as text of at most ``limit`` characters,
+    without lone surrogates."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and abs(value) < 2**63:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, dict | list):
+        # Kept as JSON when it is short and strictly encodable.
+        with contextlib.suppress(ValueError, TypeError, RecursionError):
+            if len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode()) <= limit:
+                return value
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value[: limit * 4]).decode("utf-8", "replace")
+    text = value if isinstance(value, str) else _ECHO.repr(value)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _actor(request: Request) -> str:

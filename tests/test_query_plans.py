@@ -1,0 +1,235 @@
+"""The hot statements' plans on a PostgreSQL queue that is mostly history.
+
+50,000 rows, mostly sent, loaded with one INSERT … SELECT generate_series and ANALYZEd.
+The statements checked are the exact ones the driver sends, captured from SQLAlchemy while
+the driver method runs, then EXPLAINed with the same parameters in the same transaction:
+the claim walks the partial index of due rows, and the supersede probe of every enqueue the
+partial index of pending fingerprints. Neither scans the table, and the claim keeps its
+custom plan (a generic plan could not use a partial index: the status is a parameter).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from alertq.config import Settings
+from alertq.db import create_engine, create_session_factory
+from alertq.driver import AlertDriver, get_alert_driver
+
+pytestmark = pytest.mark.postgres
+
+ROWS = 50_000
+BACKLOG = 4_500  # pending rows behind an outage
+IDLE = 500  # pending rows of a queue that keeps up
+FAILED = 500
+TABLE = "costsim_alert_queue"
+
+# Test SQL: the fastest way to a realistic queue. Every row carries one alert and a unique
+# 16-hex-digit fingerprint, like an enqueued single alert; the first rows are the history.
+FILL = text(
+    """
+    INSERT INTO costsim_alert_queue
+        (payload, alert_type, status, attempts, max_attempts, next_attempt_at, created_at,
+         sent_at, last_error, fingerprint, lease_token, delivered_to)
+    SELECT jsonb_build_array(jsonb_build_object(
+               'labels', jsonb_build_object('alertname', 'PlanTest', 'seq', g::text))),
+           'disable',
+           CASE WHEN g > p.history + p.failed THEN 'pending'
+                WHEN g > p.history THEN 'failed' ELSE 'sent' END,
+           CASE WHEN g > p.history + p.failed THEN 0 ELSE 1 END,
+           10,
+           now() - make_interval(secs => p.total - g),
+           now() - make_interval(secs => p.total - g),
+           CASE WHEN g <= p.history THEN now() - make_interval(secs => p.total - g) END,
+           CASE WHEN g > p.history AND g <= p.history + p.failed THEN 'HTTP 400: bad' END,
+           substr(md5(g::text), 1, 16),
+           0,
+           '[]'::jsonb
+    FROM (SELECT CAST(:total AS integer) AS total, CAST(:history AS integer) AS history,
+                 CAST(:failed AS integer) AS failed) AS p,
+         generate_series(1, p.total) AS g
+    """
+)
+
+
+# Only the PostgreSQL side of the two-backend fixture: the plans are PostgreSQL's.
+postgres_only = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+
+
+async def fill(engine: AsyncEngine, pending: int) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            FILL, {"total": ROWS, "history": ROWS - pending - FAILED, "failed": FAILED}
+        )
+    async with engine.connect() as conn:
+        await conn.execute(text(f"ANALYZE {TABLE}"))
+        await conn.commit()
+
+
+async def explain_driver_statement(
+    engine: AsyncEngine,
+    session: AsyncSession,
+    call: Callable[[AlertDriver], Awaitable[Any]],
+    prefix: str,
+) -> tuple[str, dict[str, Any]]:
+    """Run ``call`` and EXPLAIN the statement it sent that starts with ``prefix``, with the
+    same parameters, in the same (later rolled back) transaction."""
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, params: Any, _ctx: Any, _many: bool) -> None:
+        if statement.lstrip().upper().startswith(prefix):
+            captured.append((statement, params))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        await call(get_alert_driver(session))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    assert len(captured) == 1, [s for s, _ in captured]
+    statement, params = captured[0]
+    conn = await session.connection()
+    result = await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, params)
+    plan = result.scalar_one()
+    document = json.loads(plan) if isinstance(plan, str) else plan
+    return statement, document[0]["Plan"]
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a JSON plan, subplans and init plans included."""
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
+
+
+def indexes_used(plan: dict[str, Any]) -> set[str]:
+    return {n["Index Name"] for n in nodes(plan) if "Index Name" in n}
+
+
+def table_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sequential scans of the queue table."""
+    return [
+        n for n in nodes(plan) if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == TABLE
+    ]
+
+
+async def explain_claim(
+    engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+) -> tuple[str, dict[str, Any]]:
+    now = datetime.now(UTC)
+    claimed: list[Any] = []
+
+    async def claim(driver: AlertDriver) -> None:
+        lease = now + timedelta(seconds=30)
+        claimed.extend(await driver.alerts_claim(now, 256, lease, 99, "plans"))
+
+    async with factory() as session:
+        await session.begin()
+        statement, plan = await explain_driver_statement(engine, session, claim, "UPDATE")
+        await session.rollback()
+    assert len(claimed) == 256  # it did claim, from the pending tail
+    return statement, plan
+
+
+@postgres_only
+async def test_claim_on_a_mostly_sent_queue_walks_the_partial_due_index(
+    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    await fill(engine, BACKLOG)
+    statement, plan = await explain_claim(engine, session_factory)
+    used = indexes_used(plan)
+    assert "ix_costsim_alert_queue_due" in used, (used, statement)
+    assert table_scans(plan) == [], statement
+    # Nothing else reads the 45,000 rows of history: the in-flight probe uses the
+    # partial fingerprint index, the update itself the primary key.
+    assert used <= {
+        "ix_costsim_alert_queue_due",
+        "ix_costsim_alert_queue_pending_fingerprint",
+        "costsim_alert_queue_pkey",
+    }, used
+
+
+@postgres_only
+async def test_claim_on_a_nearly_empty_queue_reads_only_pending_rows(
+    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    # With only 1% of the rows pending, PostgreSQL may prefer the legacy status index and
+    # sort the few pending rows itself; either way no row of history is read.
+    await fill(engine, IDLE)
+    statement, plan = await explain_claim(engine, session_factory)
+    assert table_scans(plan) == [], statement
+    for node in nodes(plan):
+        if node.get("Index Name") == "idx_costsim_alert_queue_status":
+            assert "status = 'pending'" in node.get("Index Cond", ""), node
+    assert indexes_used(plan) & {"ix_costsim_alert_queue_due", "idx_costsim_alert_queue_status"}
+
+
+@postgres_only
+async def test_claim_keeps_its_custom_plan_when_executed_again_and_again(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    await fill(engine, BACKLOG)
+    # One pooled connection, so every claim reuses the same prepared statement, as a worker
+    # does; PostgreSQL considers a generic plan from the sixth execution on.
+    single = create_engine(Settings(database_url=db_url), pool_size=1, max_overflow=0)
+    factory = create_session_factory(single)
+    try:
+        for token in range(1, 11):
+            async with factory() as session:
+                await session.begin()
+                now = datetime.now(UTC)
+                lease = now + timedelta(seconds=30)
+                rows = await get_alert_driver(session).alerts_claim(now, 256, lease, token, "p")
+                assert len(rows) == 256
+                await session.rollback()
+            async with factory() as session:
+                generic, custom = (
+                    await session.execute(
+                        text(
+                            "SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)"
+                            " FROM pg_prepared_statements"
+                            " WHERE statement LIKE 'UPDATE costsim_alert_queue SET attempts%'"
+                        )
+                    )
+                ).one()
+    finally:
+        await single.dispose()
+    assert (generic, custom) == (0, 10)
+
+
+@postgres_only
+async def test_supersede_probe_of_an_enqueue_uses_the_pending_fingerprint_index(
+    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    await fill(engine, BACKLOG)
+    async with session_factory() as session:
+        pending_fp, sent_fp = (
+            await session.execute(
+                text(
+                    "SELECT (SELECT fingerprint FROM costsim_alert_queue"
+                    "        WHERE status = 'pending' ORDER BY id DESC LIMIT 1),"
+                    "       (SELECT fingerprint FROM costsim_alert_queue"
+                    "        WHERE status = 'sent' ORDER BY id LIMIT 1)"
+                )
+            )
+        ).one()
+        await session.rollback()
+
+    async with session_factory() as session:
+        await session.begin()
+
+        async def supersede(driver: AlertDriver) -> None:
+            await driver.alerts_supersede_older([pending_fp, sent_fp], datetime.now(UTC))
+
+        statement, plan = await explain_driver_statement(engine, session, supersede, "UPDATE")
+        await session.rollback()
+    used = indexes_used(plan)
+    assert "ix_costsim_alert_queue_pending_fingerprint" in used, (used, statement)
+    assert table_scans(plan) == [], statement
+    assert used <= {"ix_costsim_alert_queue_pending_fingerprint", "costsim_alert_queue_pkey"}, used
