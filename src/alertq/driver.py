@@ -17,8 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CursorResult,
+    Integer,
     Table,
+    Text,
     and_,
     bindparam,
     case,
@@ -136,6 +139,84 @@ def _enqueue_statement(notify: bool) -> Any:
 
 
 _ENQUEUE_PG = {notify: _enqueue_statement(notify) for notify in (False, True)}
+
+
+def _claim_statements(dialect: str) -> tuple[Any, Any]:
+    """The claim's candidate SELECT and its leasing UPDATE, with bound parameters.
+
+    Built once at import: building this statement cost more client CPU per claim than
+    running it. (``'pending'`` stays a bound value: PostgreSQL then keeps re-planning with
+    custom plans, which match the partial index; ``tests/test_query_plans.py`` checks it.)
+    """
+    ts = Q.__table__.c.next_attempt_at.type
+    now = bindparam("c_now", type_=ts)
+    inflight = aliased(Q)
+    pending: Any = Q.status == PENDING
+    if dialect == "sqlite":
+        # Without ANALYZE statistics SQLite picks the legacy status index and sorts every
+        # pending row on each claim (200 ms at 100k pending rows, write lock held).
+        # Marking the term unselective makes it walk ix_costsim_alert_queue_due in order.
+        pending = func.likelihood(pending, literal_column("0.9375"))
+    candidates = (
+        select(Q.id, Q.leased_until)
+        .where(
+            pending,
+            Q.next_attempt_at <= now,
+            or_(
+                Q.fingerprint.is_(None),
+                ~exists().where(
+                    inflight.fingerprint == Q.fingerprint,
+                    inflight.status == PENDING,
+                    inflight.leased_until > now,
+                    inflight.id != Q.id,
+                ),
+            ),
+        )
+        .order_by(Q.next_attempt_at, Q.id)
+        .limit(bindparam("c_limit", type_=Integer()))
+        .with_for_update(skip_locked=True, of=Q)
+    )
+    lease = {
+        "attempts": Q.attempts + 1,
+        "last_attempt_at": now,
+        "next_attempt_at": bindparam("c_lease", type_=ts),
+        "leased_until": bindparam("c_lease", type_=ts),
+        "lease_token": bindparam("c_token", type_=BigInteger()),
+        "leased_by": bindparam("c_worker", type_=Text()),
+    }
+    columns = (
+        Q.id,
+        Q.payload,
+        Q.alert_type,
+        Q.incident_id,
+        Q.fingerprint,
+        Q.attempts,
+        Q.max_attempts,
+        Q.delivered_to,
+        Q.created_at,
+    )
+    if dialect == "postgresql":
+        sub = candidates.subquery()
+        stmt = (
+            update(Q)
+            .where(Q.id == sub.c.id)
+            .values(**lease)
+            .returning(*columns, sub.c.leased_until)
+            .execution_options(synchronize_session=False)
+        )
+        return None, stmt
+    stmt = (
+        update(Q)
+        .where(Q.id.in_(bindparam("c_ids", expanding=True)))
+        .values(**lease)
+        .returning(*columns)
+        .execution_options(synchronize_session=False)
+    )
+    return candidates, stmt
+
+
+_CLAIM_PG = _claim_statements("postgresql")[1]
+_CLAIM_SQLITE_CANDIDATES, _CLAIM_SQLITE = _claim_statements("sqlite")
 
 # Built once: every enqueue runs these, and building the supersede statement cost more
 # CPU than running it (about 1 ms a call; see bench/profile.py enqueue).
@@ -465,76 +546,25 @@ class AlertDriver:
         in flight twice. Each claimed row counts an attempt, gets ``lease_token`` (the
         fence for recording its outcome) and becomes due again at ``lease_until``.
         """
-        inflight = aliased(Q)
-        pending: Any = Q.status == PENDING
-        if self._dialect == "sqlite":
-            # Without ANALYZE statistics SQLite picks the legacy status index and sorts every
-            # pending row on each claim (200 ms at 100k pending rows, write lock held).
-            # Marking the term unselective makes it walk ix_costsim_alert_queue_due in order.
-            pending = func.likelihood(pending, literal_column("0.9375"))
-        candidates = (
-            select(Q.id, Q.leased_until)
-            .where(
-                pending,
-                Q.next_attempt_at <= now,
-                or_(
-                    Q.fingerprint.is_(None),
-                    ~exists().where(
-                        inflight.fingerprint == Q.fingerprint,
-                        inflight.status == PENDING,
-                        inflight.leased_until > now,
-                        inflight.id != Q.id,
-                    ),
-                ),
-            )
-            .order_by(Q.next_attempt_at, Q.id)
-            .limit(batch_size)
-            .with_for_update(skip_locked=True, of=Q)
-        )
-        lease = {
-            "attempts": Q.attempts + 1,
-            "last_attempt_at": now,
-            "next_attempt_at": lease_until,
-            "leased_until": lease_until,
-            "lease_token": lease_token,
-            "leased_by": worker_id,
+        params = {
+            "c_now": now,
+            "c_limit": batch_size,
+            "c_lease": lease_until,
+            "c_token": lease_token,
+            "c_worker": worker_id,
         }
-        columns = (
-            Q.id,
-            Q.payload,
-            Q.alert_type,
-            Q.incident_id,
-            Q.fingerprint,
-            Q.attempts,
-            Q.max_attempts,
-            Q.delivered_to,
-            Q.created_at,
-        )
         if self._dialect == "postgresql":
             # One statement: lock, lease and return, with the previous lease for reclaims.
-            sub = candidates.subquery()
-            stmt = (
-                update(Q)
-                .where(Q.id == sub.c.id)
-                .values(**lease)
-                .returning(*columns, sub.c.leased_until)
-                .execution_options(synchronize_session=False)
-            )
-            rows: list[Any] = list((await self.session.execute(stmt)).all())
+            rows: list[Any] = list((await self.session.execute(_CLAIM_PG, params)).all())
         else:
             # SQLite cannot return a joined column; its writers are serialised (BEGIN
             # IMMEDIATE), so reading the candidates first is just as safe.
-            previous = {r[0]: r[1] for r in (await self.session.execute(candidates)).all()}
+            found = (await self.session.execute(_CLAIM_SQLITE_CANDIDATES, params)).all()
+            previous = {r[0]: r[1] for r in found}
             if not previous:
                 return []
-            stmt = (
-                update(Q)
-                .where(Q.id.in_(list(previous)))
-                .values(**lease)
-                .returning(*columns)
-                .execution_options(synchronize_session=False)
-            )
-            rows = [(*r, previous[r[0]]) for r in (await self.session.execute(stmt)).all()]
+            result = await self.session.execute(_CLAIM_SQLITE, {**params, "c_ids": list(previous)})
+            rows = [(*r, previous[r[0]]) for r in result.all()]
         claimed = [
             ClaimedAlert(
                 id=r[0],
