@@ -23,6 +23,7 @@ from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory
 from alertq.migrate import upgrade
 from tests.support.alertmanager import AlertmanagerNotFound, AlertmanagerProcess
+from tests.support.stub import StubAlertmanager
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_ADMIN_URL = os.environ.get(
@@ -151,3 +152,10 @@ def alertmanager_factory() -> Iterator[Callable[..., AlertmanagerProcess]]:
     yield make
     for am in started:
         am.close()
+
+
+@pytest.fixture
+def stub() -> Iterator[StubAlertmanager]:
+    """A fault-injecting stand-in for Alertmanager (see ``tests/support/stub.py``)."""
+    with StubAlertmanager() as s:
+        yield s

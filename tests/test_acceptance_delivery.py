@@ -13,7 +13,6 @@ import itertools
 import random
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,28 +29,13 @@ from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
 from alertq.models import CostSimAlertQueueModel
 from tests.support.alertmanager import AlertmanagerProcess
+from tests.support.clock import FakeClock
 from tests.support.processes import alertq_env, run_alertq_async, start_alertq, wait_until
 from tests.support.stub import StubAlertmanager
 
 Factory = async_sessionmaker[AsyncSession]
 Q = CostSimAlertQueueModel
 LabelSet = frozenset[tuple[str, str]]
-
-
-class FakeClock:
-    """A clock the test moves by hand, so backoff needs no waiting."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-def stub() -> Iterator[StubAlertmanager]:
-    with StubAlertmanager() as s:
-        yield s
 
 
 def labels_for(i: int, prefix: str = "Acc") -> dict[str, str]:

@@ -46,12 +46,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def stub() -> Iterator[StubAlertmanager]:
-    with StubAlertmanager() as s:
-        yield s
-
-
 def api_settings(db_url: str, *urls: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": db_url,

@@ -26,22 +26,10 @@ from alertq.cli import app
 from alertq.config import Settings
 from alertq.driver import get_alert_driver
 from alertq.models import CostSimAlertQueueModel
+from tests.support.clock import FakeClock
 
 Factory = async_sessionmaker[AsyncSession]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def parse(ts: str) -> datetime:

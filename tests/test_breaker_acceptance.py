@@ -26,21 +26,11 @@ from alertq.driver import get_alert_driver
 from alertq.engine import AlertWorker
 from alertq.models import CostSimAlertQueueModel
 from tests.support.alertmanager import AlertmanagerProcess
+from tests.support.clock import FakeClock
 from tests.support.stub import StubAlertmanager
 
 Factory = async_sessionmaker[AsyncSession]
 RESEND = 5.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 async def queue(factory: Factory) -> list[CostSimAlertQueueModel]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq.config import DeliveryQuorum, Settings
@@ -18,28 +16,10 @@ from alertq.driver import get_alert_driver
 from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
 from alertq.models import CostSimAlertQueueModel, CostSimCBIncidentModel
+from tests.support.clock import FakeClock
 from tests.support.stub import StubAlertmanager
 
 Factory = async_sessionmaker[AsyncSession]
-
-
-class FakeClock:
-    """A clock tests move by hand, so retries and leases need no waiting."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def stub() -> Iterator[StubAlertmanager]:
-    with StubAlertmanager() as s:
-        yield s
 
 
 def alert(name: str, **labels: str) -> list[dict[str, Any]]:

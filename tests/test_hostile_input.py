@@ -19,7 +19,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,6 +46,7 @@ from alertq.models import CostSimAlertQueueModel, CostSimCBIncidentModel, CostSi
 from alertq.opsview import OpsContext
 from tests.support import free_port
 from tests.support.alertmanager import AlertmanagerProcess
+from tests.support.clock import FakeClock
 from tests.support.processes import alertq_env, run_alertq_async
 from tests.support.stub import StubAlertmanager
 
@@ -900,20 +901,6 @@ async def test_a_row_alertmanager_refuses_never_blocks_the_rows_behind_it(
 
 
 # ================================================ a slow, babbling or redirecting target
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-def stub() -> Iterator[StubAlertmanager]:
-    with StubAlertmanager() as s:
-        yield s
 
 
 TIMEOUT = 1.0

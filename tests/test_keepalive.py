@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,29 +20,11 @@ from alertq.driver import get_alert_driver, get_breaker_driver
 from alertq.engine import AlertWorker, keepalive_decision, keepalive_tick
 from alertq.enqueue import enqueue_alert
 from alertq.models import CostSimAlertQueueModel, CostSimCBIncidentModel
+from tests.support.clock import FakeClock
 from tests.support.stub import StubAlertmanager
 
 Factory = async_sessionmaker[AsyncSession]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def stub() -> Iterator[StubAlertmanager]:
-    with StubAlertmanager() as s:
-        yield s
 
 
 def parse(ts: str) -> datetime:

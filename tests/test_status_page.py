@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,12 +43,6 @@ CHROMIUM_ARGS = [
 ]
 HOSTILE_ERROR = 'label "team" is invalid: <script>alert("pwned")</script> & <b>bold</b>'
 TOKEN = "status-page-token"
-
-
-@pytest.fixture
-def stub() -> Iterator[StubAlertmanager]:
-    with StubAlertmanager() as s:
-        yield s
 
 
 def page_settings(db_url: str, *urls: str) -> Settings:
