@@ -8,6 +8,7 @@ schema, so renaming one changes the published API.
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -286,39 +287,12 @@ def summary_fields(row: CostSimAlertQueueModel) -> dict[str, Any]:
 
 def to_breaker(state: BreakerState, now: datetime) -> Breaker:
     """The API's view of a breaker; ``open`` as of ``now``."""
-    return Breaker(
-        name=state.name,
-        open=is_open(state, now),
-        disabled=state.disabled,
-        disabled_by=state.disabled_by,
-        disabled_reason=state.disabled_reason,
-        disabled_until=state.disabled_until,
-        incident_id=state.incident_id,
-        consecutive_failures=state.consecutive_failures,
-        last_failure_at=state.last_failure_at,
-        updated_at=state.updated_at,
-    )
+    return Breaker.model_validate({**asdict(state), "open": is_open(state, now)})
 
 
 def to_incident(view: IncidentView) -> Incident:
     """The API's view of an incident."""
-    return Incident(
-        id=view.id,
-        circuit_breaker_name=view.circuit_breaker_name,
-        timestamp=view.timestamp,
-        reason=view.reason,
-        severity=view.severity,
-        drift_score=view.drift_score,
-        sample_count=view.sample_count,
-        details=view.details,
-        resolved=view.resolved,
-        resolved_at=view.resolved_at,
-        resolved_by=view.resolved_by,
-        resolution_notes=view.resolution_notes,
-        alert_sent=view.alert_sent,
-        alert_sent_at=view.alert_sent_at,
-        alert_response=view.alert_response,
-    )
+    return Incident.model_validate(view, from_attributes=True)
 
 
 def to_queue_stats(snap: Snapshot, now: datetime) -> QueueStats:
