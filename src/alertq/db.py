@@ -28,6 +28,19 @@ from alertq.driver import NOTIFY_CHANNEL
 log = logging.getLogger("alertq.db")
 
 
+class DatabaseUnreachable(RuntimeError):
+    """The database could not be reached. ``str()`` is one line, safe to show: the URL with
+    its password hidden and the cause's type and first line. The CLI prints it and exits 1."""
+
+
+def redacted_url(database_url: str) -> str:
+    """``database_url`` with any password replaced by ``***``, for messages and logs."""
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
 def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event, not the driver, start transactions.
