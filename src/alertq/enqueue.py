@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from alertq.alerts import InvalidAlertPayload, payload_fingerprint, validate_payload
-from alertq.driver import AlertDriver
+from alertq.driver import QueueDriver
 from alertq.models import CostSimAlertQueueModel
 
 __all__ = ["InvalidAlertPayload", "enqueue_alert"]
@@ -90,7 +90,7 @@ async def enqueue_alert(
     notify = _last_notify_at is None or mono - _last_notify_at >= notify_throttle
     if notify:
         _last_notify_at = mono
-    return await AlertDriver(session).alerts_enqueue(
+    return await QueueDriver(session).alerts_enqueue(
         alerts,
         alert_type,
         circuit_breaker_name,

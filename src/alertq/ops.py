@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq.db import transaction
-from alertq.driver import PURGE_BATCH, get_alert_driver
+from alertq.driver import PURGE_BATCH, get_queue_driver
 from alertq.models import AlertStatus, CostSimAlertQueueModel
 
 Factory = async_sessionmaker[AsyncSession]
@@ -23,7 +23,7 @@ PURGEABLE = (AlertStatus.SENT.value, AlertStatus.FAILED.value, AlertStatus.SUPER
 async def queue_stats(factory: Factory) -> dict[str, Any]:
     """The driver's grouped stats, with the oldest due row's age in seconds added."""
     async with transaction(factory) as session:
-        stats = await get_alert_driver(session).fetch_queue_stats()
+        stats = await get_queue_driver(session).alerts_stats()
     due = stats.get("oldest_pending_due_at")
     now = datetime.now(UTC)
     stats["oldest_due_age_seconds"] = max(0.0, (now - due).total_seconds()) if due else 0.0
@@ -35,7 +35,7 @@ async def retry_failed(
 ) -> int:
     """Give failed rows ``max_retries`` more attempts, due now."""
     async with transaction(factory) as session:
-        return await get_alert_driver(session).retry_failed_alerts(
+        return await get_queue_driver(session).alerts_retry_failed(
             max_retries, datetime.now(UTC), ids=ids
         )
 
@@ -57,7 +57,7 @@ async def purge(
     total, after_id = 0, 0
     while True:
         async with transaction(factory) as session:
-            deleted, last_id = await get_alert_driver(session).purge_batch(
+            deleted, last_id = await get_queue_driver(session).alerts_purge_batch(
                 cutoff, statuses, after_id, batch_size
             )
         if last_id == after_id:
@@ -71,9 +71,9 @@ async def list_alerts(
     factory: Factory, status: str | None, limit: int, before_id: int | None = None
 ) -> list[CostSimAlertQueueModel]:
     async with transaction(factory) as session:
-        return await get_alert_driver(session).alerts_list(status, limit, before_id)
+        return await get_queue_driver(session).alerts_list(status, limit, before_id)
 
 
 async def get_alert(factory: Factory, alert_id: int) -> CostSimAlertQueueModel | None:
     async with transaction(factory) as session:
-        return await get_alert_driver(session).alerts_get(alert_id)
+        return await get_queue_driver(session).alerts_get(alert_id)
