@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from alertq.alerts import (
     FUTURE_STARTS_AT_TOLERANCE,
@@ -19,6 +20,7 @@ from alertq.alerts import (
     parse_payload,
     validate_payload,
 )
+from alertq.config import Settings
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 
@@ -176,3 +178,26 @@ def test_generator_url_other_than_http_or_a_path_is_refused(url: str, rule: str)
 )
 def test_generator_url_http_or_a_path_is_accepted(url: str) -> None:
     assert validate_payload(with_keys(generatorURL=url))[0]["generatorURL"] == url
+
+
+def test_generator_url_error_never_shows_a_password() -> None:
+    error = refusal(with_keys(generatorURL="https://admin:hunter2@prom.example/%zz"))
+    assert "hunter2" not in str(error)
+    assert "admin" not in str(error)
+
+
+# ------------------------------------------------------------------ the breaker's setting
+
+
+def test_generator_url_setting_is_checked_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The breaker puts ALERTQ_GENERATOR_URL in every alert it sends: a value the payload
+    # rules refuse must stop start-up, not fail each breaker trip later.
+    monkeypatch.setenv("ALERTQ_GENERATOR_URL", "javascript://x/%0Aalert(1)")
+    with pytest.raises(ValidationError, match=r"generator_url[\s\S]*http\(s\) URL"):
+        Settings()
+    monkeypatch.setenv("ALERTQ_GENERATOR_URL", "https://u:hunter2@app.example/cb")
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert "hunter2" not in str(info.value)
+    monkeypatch.setenv("ALERTQ_GENERATOR_URL", "/cb")
+    assert Settings().generator_url == "/cb"

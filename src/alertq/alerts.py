@@ -62,6 +62,7 @@ __all__ = [
     "breaker_firing_payload",
     "breaker_labels",
     "breaker_resolved_payload",
+    "check_generator_url",
     "label_fingerprint",
     "parse_payload",
     "payload_fingerprint",
@@ -99,6 +100,7 @@ _URL_AUTHORITY_RE = re.compile(
     r"(?::(?P<port>[0-9]{1,5}))?"
 )
 _BAD_PERCENT_RE = re.compile(r"%(?![0-9a-fA-F]{2})", re.ASCII)
+_USERINFO_RE = re.compile(r"//[^/?#]*@")
 _ECHO_MAX = 80
 
 _FNV64_OFFSET = 14695981039346656037
@@ -215,7 +217,7 @@ def parse_payload(raw: str | bytes, *, now: datetime | None = None) -> list[dict
 # ---------------------------------------------------------------------------- validation
 
 
-def _check_text(value: str, index: int, field: str, what: str) -> None:
+def _check_text(value: str, index: int | None, field: str, what: str) -> None:
     """Valid UTF-8 (no lone surrogates) and no NUL."""
     try:
         value.encode("utf-8")
@@ -307,7 +309,13 @@ def _parse_time(value: object, index: int, field: str) -> tuple[datetime, int]:
     return moment, nanos
 
 
-def _check_url(value: object, index: int) -> str:
+def check_generator_url(value: object) -> str:
+    """``value`` if it is a valid ``generatorURL`` (see the module docstring), for settings
+    that end up in one; else :class:`InvalidAlertPayload` (``field`` ``generatorURL``)."""
+    return _check_url(value, None)
+
+
+def _check_url(value: object, index: int | None) -> str:
     """An ``http``/``https`` URL with a host, or a path starting with one ``/``."""
     field = "generatorURL"
     if not isinstance(value, str):
@@ -318,7 +326,8 @@ def _check_url(value: object, index: int) -> str:
     bad = "must be an http(s) URL with a host (e.g. https://host/path) or a path starting with /"
 
     def refuse(why: str = "") -> InvalidAlertPayload:
-        return InvalidAlertPayload(f"{bad}{why}: {_echo(value)}", index=index, field=field)
+        shown = _echo(_USERINFO_RE.sub("//***@", value))  # a password never reaches a message
+        return InvalidAlertPayload(f"{bad}{why}: {shown}", index=index, field=field)
 
     # Format characters (U+202E, zero-width ...) could disguise a link; Go refuses controls.
     if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in value):
