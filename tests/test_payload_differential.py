@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alertq.alerts import InvalidAlertPayload
+from alertq.alerts import InvalidAlertPayload, parse_payload
 from alertq.enqueue import enqueue_alert
 from alertq.models import CostSimAlertQueueModel
 from tests.support.alertmanager import AlertmanagerProcess
@@ -52,6 +52,14 @@ async def _alertmanager_verdicts(
             )
             verdicts[case.id] = response.status_code == 200
     return verdicts
+
+
+def _parses(case: PayloadCase, now: datetime) -> bool:
+    try:
+        parse_payload(case.body, now=now)
+    except InvalidAlertPayload:
+        return False
+    return True
 
 
 async def _count(session: AsyncSession) -> int:
@@ -114,6 +122,11 @@ async def test_enqueue_alert_accepts_nothing_that_alertmanager_refuses(
     # The promise.
     violations = [c.id for c in corpus if aq[c.id] and not am[c.id]]
     assert not violations, f"alertq accepts what Alertmanager refuses: {violations}"
+    # The same for the JSON-text entry point (CLI, relay), which also refuses duplicate keys.
+    text_violations = [c.id for c in corpus if _parses(c, now) and not am[c.id]]
+    assert not text_violations, (
+        f"parse_payload accepts what Alertmanager refuses: {text_violations}"
+    )
     # The corpus states what each peer does; a drift means the corpus (or a rule) is wrong.
     am_drift = [c.id for c in corpus if am[c.id] != c.alertmanager_accepts]
     assert not am_drift, f"Alertmanager's verdict differs from the corpus for {am_drift}"
