@@ -7,11 +7,15 @@ what the Alertmanager UI would render as a dangerous link.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from alertq.alerts import (
@@ -201,3 +205,43 @@ def test_generator_url_setting_is_checked_at_start_up(monkeypatch: pytest.Monkey
     assert "hunter2" not in str(info.value)
     monkeypatch.setenv("ALERTQ_GENERATOR_URL", "/cb")
     assert Settings().generator_url == "/cb"
+
+
+# ------------------------------------------------------------------ properties
+
+_TEMPLATE = "2024-05-01T12:00:00.5+05:30"
+# The zero of every script's decimal digits (Nd blocks run 0..9 in order); all lie below U+20000.
+_ZEROS = [
+    chr(i)
+    for i in range(0x20000)
+    if unicodedata.category(chr(i)) == "Nd" and unicodedata.digit(chr(i)) == 0
+]
+
+
+@st.composite
+def _timestamps_in_mixed_scripts(draw: st.DrawFn) -> str:
+    """The template with any of its digits written in another script (same value)."""
+    out = []
+    for char in _TEMPLATE:
+        if char.isdigit():
+            zero = draw(st.sampled_from(["0", *_ZEROS]))
+            char = chr(ord(zero) + int(char))
+        out.append(char)
+    return "".join(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_timestamps_in_mixed_scripts())
+def test_an_accepted_timestamp_is_ascii(value: str) -> None:
+    # Go's time.Parse reads ASCII digits only; anything alertq takes must be ASCII too.
+    with contextlib.suppress(InvalidAlertPayload):
+        validate_payload(with_keys(endsAt=value))
+        assert value.isascii(), value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=8))
+def test_an_accepted_label_name_is_classic_ascii(name: str) -> None:
+    with contextlib.suppress(InvalidAlertPayload):
+        validate_payload([{"labels": {"alertname": "A", name: "v"}}])
+        assert re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name, re.ASCII), name
