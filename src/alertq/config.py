@@ -22,6 +22,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from alertq.alerts import check_generator_url
+
 
 class DeliveryQuorum(StrEnum):
     """When a row counts as ``sent``: once any Alertmanager accepted it, or once all did."""
@@ -46,7 +48,10 @@ def _config_file() -> Path:
 class Settings(BaseSettings):
     """Every knob of alertq. Field ``x`` is set by ``ALERTQ_X``."""
 
-    model_config = SettingsConfigDict(env_prefix="ALERTQ_", extra="ignore")
+    # hide_input_in_errors: a bad URL setting may carry a password; the message must not.
+    model_config = SettingsConfigDict(
+        env_prefix="ALERTQ_", extra="ignore", hide_input_in_errors=True
+    )
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///./alertq.db"
@@ -114,6 +119,13 @@ class Settings(BaseSettings):
                     f"{_without_userinfo(url)!r}"
                 )
         return [u.rstrip("/") for u in value]
+
+    # Payload rules (issue 9): a generatorURL the breaker's alerts would be refused with must
+    # fail at start-up, not when a breaker trips.
+    @field_validator("generator_url")
+    @classmethod
+    def _check_generator_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_generator_url(value)
 
     @model_validator(mode="after")
     def _lease_outlives_request(self) -> Settings:

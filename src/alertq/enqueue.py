@@ -83,7 +83,7 @@ async def enqueue_alert(
         now = datetime.now(UTC)
     elif now.tzinfo is None:
         raise ValueError(f"naive datetime {now!r}: pass an aware UTC datetime")
-    alerts = validate_payload(payload)
+    alerts = validate_payload(payload, now=now)
     fingerprint = payload_fingerprint(alerts)
 
     mono = time.monotonic()
