@@ -17,19 +17,23 @@ import json
 import logging
 import math
 import reprlib
-import secrets
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.routing import Match
+from starlette.types import Scope
 
 from alertq import metrics, ops
 from alertq.config import parse_duration
+from alertq.httpguard import RequestGuard, check_bearer
 from alertq.models import AlertStatus
 from alertq.opsview import DatabaseUnavailable, OpsContext, describe_db_error
 from alertq.schemas import (
@@ -83,19 +87,17 @@ async def require_token(
     context: Ctx,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """Let a mutation through only with the configured bearer token."""
-    token = context.settings.api_token
-    if token is None:
-        raise HTTPException(
-            403, "mutating endpoints are disabled: set ALERTQ_API_TOKEN to enable them"
-        )
-    given = credentials.credentials.encode() if credentials is not None else b""
-    if not secrets.compare_digest(given, token.get_secret_value().encode()):
-        raise HTTPException(
-            401,
-            "a valid 'Authorization: Bearer <ALERTQ_API_TOKEN>' header is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """Let a mutation through only with the configured bearer token.
+
+    :class:`~alertq.httpguard.RequestGuard` already refused a wrong token before the body
+    was read, for every route that depends on this; this is the same check again, so a
+    route is safe even where the middleware is not installed."""
+    header = f"Bearer {credentials.credentials}" if credentials is not None else None
+    refused = check_bearer(context.settings, header)
+    if refused is not None:
+        status, detail = refused
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        raise HTTPException(status, detail, headers=headers)
 
 
 Authorized = Depends(require_token)
@@ -111,6 +113,7 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The body is not UTF-8 JSON."},
     401: {"model": Problem, "description": "Missing or wrong bearer token."},
     403: {"model": Problem, "description": "Mutations are disabled (no ALERTQ_API_TOKEN)."},
+    413: {"model": Problem, "description": "The body is over ALERTQ_MAX_REQUEST_BYTES."},
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}}
 _DB_DOWN: dict[int | str, dict[str, Any]] = {
@@ -147,7 +150,32 @@ def create_app(context: OpsContext) -> FastAPI:
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     _routes(app)
+    app.add_middleware(RequestGuard, settings=context.settings, needs_token=_needs_token(app))
     return app
+
+
+def _needs_token(app: FastAPI) -> Callable[[Scope], bool]:
+    """Whether a request goes to a route that depends on :func:`require_token` (directly
+    or through its router), read from the routes themselves, so routes added later are
+    covered too."""
+
+    def guarded(route: APIRoute) -> bool:
+        pending = list(route.dependant.dependencies)
+        while pending:
+            dep = pending.pop()
+            if dep.call is require_token:
+                return True
+            pending.extend(dep.dependencies)
+        return False
+
+    def check(scope: Scope) -> bool:
+        for route in app.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return isinstance(route, APIRoute) and guarded(route)
+        return False
+
+    return check
 
 
 def _routes(app: FastAPI) -> None:

@@ -35,7 +35,7 @@ from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
 from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot
 
-__all__ = ["Collector", "parse_http_addr", "print_banner", "run_service"]
+__all__ = ["Collector", "log_mutations", "parse_http_addr", "print_banner", "run_service"]
 
 log = logging.getLogger("alertq.runner")
 
@@ -203,7 +203,7 @@ def print_banner(
         return
     from rich.console import Console
 
-    api = "token required" if settings.api_token else "mutations off: set ALERTQ_API_TOKEN"
+    api = "token required" if settings.mutations_enabled else "mutations off: set ALERTQ_API_TOKEN"
     lines = [
         "[bold green]alertq is running[/] [dim](Ctrl-C to stop)[/]",
         f"  status page    [bold cyan]{url}/[/]",
@@ -215,6 +215,14 @@ def print_banner(
         lines.append(f"  {'delivering to' if i == 0 else '':<14} [bold]{target}[/]")
     console = Console(file=out or sys.stdout, highlight=False, soft_wrap=True)
     console.print("\n".join(lines))
+
+
+def log_mutations(settings: Settings) -> None:
+    """Say in one line whether the API's mutating endpoints are on."""
+    if settings.mutations_enabled:
+        log.info("API mutations are on: they need 'Authorization: Bearer <ALERTQ_API_TOKEN>'")
+    else:
+        log.info("API mutations are off: ALERTQ_API_TOKEN is unset, empty or blank")
 
 
 async def run_service(settings: Settings) -> int:
@@ -241,6 +249,9 @@ async def run_service(settings: Settings) -> int:
                 access_log=False,
                 lifespan="off",
                 server_header=False,
+                # X-Forwarded-For is honoured only from ALERTQ_TRUSTED_PROXIES, by the app's
+                # RequestGuard; uvicorn's own handling trusts 127.0.0.1 by default.
+                proxy_headers=False,
                 timeout_graceful_shutdown=SERVER_GRACE_SECONDS,
             )
         )
@@ -262,6 +273,7 @@ async def run_service(settings: Settings) -> int:
         if serving.done():
             log.error("the ops server did not start")
             return 1
+        log_mutations(settings)
         print_banner(settings, url, probe.targets)
         tasks.append(asyncio.create_task(worker.run(stop), name="alertq-worker"))
         tasks.append(asyncio.create_task(collector.run(stop), name="alertq-collector"))

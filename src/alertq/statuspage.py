@@ -196,6 +196,6 @@ async def render_status_page(context: OpsContext) -> str:
         chart=build_chart(list(context.samples), now),
         chart_w=int(CHART_W),
         chart_h=int(CHART_H),
-        token_configured=context.settings.api_token is not None,
+        token_configured=context.settings.mutations_enabled,
         ago=lambda when: _ago(when, now),
     )
