@@ -452,5 +452,7 @@ def _echo(value: Any, limit: int) -> Any:
 
 
 def _actor(request: Request) -> str:
+    """``api@<client address>``: the peer, or what a trusted proxy forwarded (resolved by
+    :class:`~alertq.httpguard.RequestGuard`, which accepts only IP addresses)."""
     client = request.client.host if request.client is not None else "unknown"
     return f"api@{client}"
