@@ -66,6 +66,9 @@ log = logging.getLogger("alertq.api")
 
 MAX_ALERT_ID = 2**63 - 1
 ECHO_LIMIT = 200
+MAX_PAGE = 500
+"""The largest ``limit`` of a list endpoint."""
+MAX_CURSOR = 200
 """At most this many characters of a refused input are echoed in a 422."""
 BREAKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}$"
 
@@ -280,10 +283,21 @@ def _routes(app: FastAPI) -> None:
         return PurgeResult(deleted=deleted, cutoff=cutoff)
 
     @app.get("/api/breakers", response_model=list[Breaker], tags=["breakers"])
-    async def list_breakers(context: Ctx) -> list[Breaker]:
-        """Every circuit breaker, by name."""
+    async def list_breakers(
+        context: Ctx,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        after: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=MAX_CURSOR,
+                description="Breakers after this name: the last one of the previous page.",
+            ),
+        ] = None,
+    ) -> list[Breaker]:
+        """Circuit breakers by name, keyset-paginated: a full page means there may be more."""
         now = context.clock()
-        return [to_breaker(s, now) for s in await context.breaker.list_states()]
+        return [to_breaker(s, now) for s in await context.breaker.list_states(after, limit)]
 
     @app.post(
         "/api/breakers/{name}/trip",
@@ -338,10 +352,19 @@ def _routes(app: FastAPI) -> None:
             str | None, Query(pattern=BREAKER_NAME_PATTERN, description="Only this breaker.")
         ] = None,
         include_resolved: bool = False,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        before: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=MAX_CURSOR,
+                description="Incidents listed after this id: the last one of the previous page.",
+            ),
+        ] = None,
     ) -> list[Incident]:
-        """Incidents newest first: open ones, or all with ``include_resolved``."""
-        views = await context.breaker.list_incidents(breaker, include_resolved, limit)
+        """Incidents newest first: open ones, or all with ``include_resolved``;
+        keyset-paginated, a full page means there may be more."""
+        views = await context.breaker.list_incidents(breaker, include_resolved, limit, before)
         return [to_incident(v) for v in views]
 
     @app.get("/healthz", response_model=Liveness, tags=["probes"])

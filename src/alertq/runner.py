@@ -33,7 +33,7 @@ from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory
 from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
-from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot
+from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot, describe_db_error
 
 __all__ = ["Collector", "log_mutations", "parse_http_addr", "print_banner", "run_service"]
 
@@ -41,6 +41,8 @@ log = logging.getLogger("alertq.runner")
 
 MIN_COLLECT_INTERVAL = 1.0
 SERVER_GRACE_SECONDS = 5
+TTL_RECOVERIES_PER_ROUND = 100
+"""Expired breakers closed per collector round (the rest in the next rounds)."""
 
 
 def parse_http_addr(addr: str) -> tuple[str, int]:
@@ -124,16 +126,19 @@ class Collector:
         if self._db_error is not None:
             log.info("database answers again")
             self._db_error = None
-        now = self.context.clock()
-        for state in snap.breakers:
-            if state.disabled and state.disabled_until is not None and state.disabled_until <= now:
-                # is_disabled() performs the TTL recovery; exactly one replica does it.
-                try:
-                    if not await self.context.breaker.is_disabled(state.name):
-                        log.info("breaker %s closed: its disable TTL ran out", state.name)
-                        self.context.invalidate()
-                except Exception:
-                    log.exception("TTL recovery of breaker %s failed", state.name)
+        try:
+            expired = await self.context.breaker.list_expired(TTL_RECOVERIES_PER_ROUND)
+        except Exception as exc:
+            log.error("cannot list breakers due for TTL recovery: %s", describe_db_error(exc))
+            expired = []
+        for state in expired:
+            # is_disabled() performs the TTL recovery; exactly one replica does it.
+            try:
+                if not await self.context.breaker.is_disabled(state.name):
+                    log.info("breaker %s closed: its disable TTL ran out", state.name)
+                    self.context.invalidate()
+            except Exception:
+                log.exception("TTL recovery of breaker %s failed", state.name)
         return snap
 
     async def _check_alertmanagers(self) -> None:
