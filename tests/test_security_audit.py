@@ -90,6 +90,9 @@ async def test_a_trusted_proxy_forwards_only_ip_addresses(
         ("10.1.2.3", "ceo-laptop<b>", "api@10.1.2.3"),
         ("10.1.2.3", "ceo-laptop<b>, 203.0.113.9", "api@203.0.113.9"),
         ("192.0.2.1", "2001:db8::1", "api@2001:db8::1"),
+        # An IPv6 zone id is free text: refused.
+        ("10.1.2.3", "fe80::1%ceo-laptop<b>", "api@10.1.2.3"),
+        ("10.1.2.3", "1.2.3.4:8080", "api@10.1.2.3"),
         # Not a trusted proxy: its header counts for nothing.
         ("192.0.2.2", "203.0.113.7", "api@192.0.2.2"),
     ]

@@ -129,6 +129,21 @@ async def test_the_token_is_checked_before_the_body_is_parsed(
                     path, content=b"{not json", headers={"Content-Type": "application/json"}
                 )
                 assert response.status_code == expected, (path, response.text)
+    # Repeated headers: the guard judges the first, as the routes do, so a wrong token
+    # followed by the right one cannot slip past it to the body parser.
+    settings = env_settings(monkeypatch, database_url=db_url, api_token=TOKEN)
+    async with serve(settings, session_factory) as client:
+        for path, _ in MUTATIONS:
+            response = await client.post(
+                path,
+                content=b"{not json",
+                headers=[
+                    ("Content-Type", "application/json"),
+                    ("Authorization", "Bearer wrong"),
+                    ("Authorization", f"Bearer {TOKEN}"),
+                ],
+            )
+            assert response.status_code == 401, (path, response.text)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

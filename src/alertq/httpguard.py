@@ -58,8 +58,13 @@ def check_bearer(settings: Settings, authorization: str | None) -> tuple[int, st
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address, or None. IPv6 zone ids (``fe80::1%anything``) are refused: the
+    zone is free text and would reach the audit trail."""
+    value = text.strip()
+    if "%" in value:
+        return None
     try:
-        return ipaddress.ip_address(text.strip())
+        return ipaddress.ip_address(value)
     except ValueError:
         return None
 
@@ -103,7 +108,11 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # The first of repeated headers, as Starlette's ``headers.get`` (and so the
+        # routes' own token check) reads them: both must judge the same value.
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
         client = scope.get("client")
         if client:
             host = forwarded_client(client[0], headers.get("x-forwarded-for"), self.trusted)
@@ -153,7 +162,7 @@ class RequestGuard:
 
 
 async def _reply(send: Send, status: int, detail: str, extra: dict[str, str] | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode()
+    body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
