@@ -10,8 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from alertq.api import create_app
 from alertq.config import Settings
+from alertq.opsview import OpsContext
 from tests.support import free_port
 from tests.support.processes import AlertqProcess, alertq_env, start_alertq, wait_until
 
@@ -204,3 +207,27 @@ async def test_an_authenticated_body_over_the_limit_is_413_chunked_or_not(
             assert ok.status_code == 200, ok.text
         # One byte over: refused on the declared length.
         assert await post_raw(port, "/api/alerts/purge", MIB + 1, token=TOKEN, send=0) == 413
+
+
+async def test_an_overlong_path_or_query_is_414_not_a_crash(
+    db_url: str, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    """A 100,000-digit alert id made int() raise inside the path converter: a 500.
+    (httpx itself refuses URLs over 64 KiB, hence 60,000 here.)"""
+    settings = Settings(
+        database_url=db_url,
+        alertmanager_urls=[f"http://127.0.0.1:{free_port()}"],
+        api_token=TOKEN,
+    )
+    app = create_app(OpsContext(settings, session_factory))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as client:
+        for url in (
+            "/api/alerts/" + "9" * 60_000,
+            "/api/alerts/" + "9" * 4400,
+            "/api/alerts?limit=1&before_id=" + "1" * 5000,
+        ):
+            response = await client.get(url)
+            assert response.status_code == 414, (url[:40], response.text)
+        assert (await client.get("/api/alerts/" + "9" * 30)).status_code == 422

@@ -7,9 +7,9 @@ In this order, before a single body byte is read:
    the audit actor (``api@<address>``) cannot be chosen by the caller;
 2. the bearer token, for every route that depends on the token check (so an
    unauthenticated caller never gets its body buffered);
-3. the size: a ``Content-Length`` over ``ALERTQ_MAX_REQUEST_BYTES`` is refused at once with
-   413, and a body without one (chunked) is counted as it streams in and refused as soon
-   as it passes the limit.
+3. the size: a path and query over 4 KiB get 414; a ``Content-Length`` over
+   ``ALERTQ_MAX_REQUEST_BYTES`` is refused at once with 413, and a body without one
+   (chunked) is counted as it streams in and refused as soon as it passes the limit.
 
 Being one middleware around the whole app, it covers routes added later (the relay's
 ``/api/v2/alerts``) without a per-route case.
@@ -33,6 +33,9 @@ __all__ = ["BodyTooLarge", "RequestGuard", "check_bearer", "forwarded_client"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_FORWARDED_HOPS = 32
 """At most this many ``X-Forwarded-For`` entries are looked at (from the right)."""
+MAX_TARGET_BYTES = 4096
+"""Longest path plus query string, else 414. Below Python's 4300-digit limit for int():
+a 100,000-digit alert id made the path converter raise a 500."""
 
 
 class BodyTooLarge(HTTPException):
@@ -107,6 +110,12 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        target = len(scope.get("raw_path") or scope["path"].encode()) + len(
+            scope.get("query_string", b"")
+        )
+        if target > MAX_TARGET_BYTES:
+            await _reply(send, 414, f"request target too long (max {MAX_TARGET_BYTES} bytes)")
             return
         # The first of repeated headers, as Starlette's ``headers.get`` (and so the
         # routes' own token check) reads them: both must judge the same value.
