@@ -49,7 +49,12 @@ async def test_breakers_are_paged_by_name_with_a_capped_limit(
         first = (await client.get("/api/breakers")).json()
         assert [b["name"] for b in first] == [f"b-{i:03d}" for i in range(100)]
         assert (await client.get(f"/api/breakers?limit={MAX_PAGE + 1}")).status_code == 422
-        assert (await client.get("/api/breakers?after=" + "x" * 201)).status_code == 422
+        for bad in ("after=" + "x" * 201, "after=", "after=a%00b", "limit=0"):
+            response = await client.get("/api/breakers?" + bad)
+            assert response.status_code == 422, (bad, response.text)
+        for bad in ("before=", "before=a%00b", "before=" + "x" * 201):
+            response = await client.get("/api/incidents?" + bad)
+            assert response.status_code == 422, (bad, response.text)
         names: list[str] = []
         after: str | None = None
         while True:

@@ -69,6 +69,8 @@ ECHO_LIMIT = 200
 MAX_PAGE = 500
 """The largest ``limit`` of a list endpoint."""
 MAX_CURSOR = 200
+CURSOR_PATTERN = r"^[^\x00]+$"
+"""Non-empty, without NUL (PostgreSQL refuses NUL in text: a 503 instead of a 422)."""
 """At most this many characters of a refused input are echoed in a 422."""
 BREAKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}$"
 
@@ -289,8 +291,8 @@ def _routes(app: FastAPI) -> None:
         after: Annotated[
             str | None,
             Query(
-                min_length=1,
                 max_length=MAX_CURSOR,
+                pattern=CURSOR_PATTERN,
                 description="Breakers after this name: the last one of the previous page.",
             ),
         ] = None,
@@ -356,8 +358,8 @@ def _routes(app: FastAPI) -> None:
         before: Annotated[
             str | None,
             Query(
-                min_length=1,
                 max_length=MAX_CURSOR,
+                pattern=CURSOR_PATTERN,
                 description="Incidents listed after this id: the last one of the previous page.",
             ),
         ] = None,
