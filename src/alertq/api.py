@@ -124,6 +124,10 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}}
 _DB_DOWN: dict[int | str, dict[str, Any]] = {
     503: {"model": Problem, "description": "The database did not answer."}
 }
+_FRONT_DOOR: dict[int | str, dict[str, Any]] = {
+    413: {"model": Problem, "description": "The body is over ALERTQ_MAX_REQUEST_BYTES."},
+    414: {"model": Problem, "description": "The path and query are over 4 KiB."},
+}
 
 
 def create_app(context: OpsContext) -> FastAPI:
@@ -132,7 +136,7 @@ def create_app(context: OpsContext) -> FastAPI:
         title="alertq ops API",
         version="1",
         summary="Queue stats, retries, purges and circuit breakers of an alertq deployment.",
-        responses={**_DB_DOWN},
+        responses={**_DB_DOWN, **_FRONT_DOOR},
     )
     app.state.context = context
 
@@ -155,8 +159,15 @@ def create_app(context: OpsContext) -> FastAPI:
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     _routes(app)
-    app.add_middleware(RequestGuard, settings=context.settings, needs_token=_needs_token(app))
+    app.add_middleware(
+        RequestGuard, settings=lambda: _context_of(app).settings, needs_token=_needs_token(app)
+    )
     return app
+
+
+def _context_of(app: FastAPI) -> OpsContext:
+    context: OpsContext = app.state.context
+    return context
 
 
 def _needs_token(app: FastAPI) -> Callable[[Scope], bool]:

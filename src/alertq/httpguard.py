@@ -21,7 +21,6 @@ import ipaddress
 import json
 import secrets
 from collections.abc import Callable
-from functools import cached_property
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -97,15 +96,26 @@ class RequestGuard:
     whether the route the request goes to requires the API token."""
 
     def __init__(
-        self, app: ASGIApp, settings: Settings, needs_token: Callable[[Scope], bool]
+        self,
+        app: ASGIApp,
+        settings: Callable[[], Settings],
+        needs_token: Callable[[Scope], bool],
     ) -> None:
         self.app = app
-        self.settings = settings
+        self._settings = settings  # read per request, like the routes' own context
         self.needs_token = needs_token
+        self._trusted: tuple[list[str], list[IPNetwork]] = ([], [])
 
-    @cached_property
+    @property
+    def settings(self) -> Settings:
+        return self._settings()
+
+    @property
     def trusted(self) -> list[IPNetwork]:
-        return [ipaddress.ip_network(p, strict=False) for p in self.settings.trusted_proxies]
+        proxies = self.settings.trusted_proxies
+        if proxies != self._trusted[0]:  # parsed once per distinct setting
+            self._trusted = (proxies, [ipaddress.ip_network(p, strict=False) for p in proxies])
+        return self._trusted[1]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
