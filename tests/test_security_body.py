@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alertq.api import create_app
+from alertq.api import create_app, require_token
 from alertq.config import Settings
 from alertq.opsview import OpsContext
 from tests.support import free_port
@@ -231,3 +234,46 @@ async def test_an_overlong_path_or_query_is_414_not_a_crash(
             response = await client.get(url)
             assert response.status_code == 414, (url[:40], response.text)
         assert (await client.get("/api/alerts/" + "9" * 30)).status_code == 422
+
+
+async def test_a_route_added_later_gets_the_same_front_door(
+    db_url: str, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    """As the relay will: a route added after create_app, depending on require_token,
+    is refused before its body is parsed, and its body is bounded."""
+    settings = Settings(
+        database_url=db_url,
+        alertmanager_urls=[f"http://127.0.0.1:{free_port()}"],
+        api_token=TOKEN,
+        max_request_bytes=2048,
+    )
+    app = create_app(OpsContext(settings, session_factory))
+
+    @app.post("/api/v2/later", dependencies=[Depends(require_token)])
+    async def later(body: list[dict[str, Any]]) -> int:
+        return len(body)
+
+    @app.post("/api/v2/open")
+    async def open_route(body: list[dict[str, Any]]) -> int:
+        return len(body)
+
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as client:
+        unauth = await client.post("/api/v2/later", content=b"{not json")
+        assert unauth.status_code == 401, unauth.text
+        ok = await client.post("/api/v2/later", content=b"[{}, {}]", headers=auth)
+        assert ok.status_code == 200 and ok.json() == 2, ok.text
+        for path in ("/api/v2/later", "/api/v2/open"):
+            big = await client.post(path, content=b"[" + b" " * 3000 + b"]", headers=auth)
+            assert big.status_code == 413, (path, big.text)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield b"["
+                for _ in range(10):
+                    yield b" " * 1000
+                yield b"]"
+
+            streamed = await client.post(path, content=chunks(), headers=auth)
+            assert streamed.status_code == 413, (path, streamed.text)
