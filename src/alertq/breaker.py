@@ -54,6 +54,7 @@ __all__ = [
     "FIRING_ALERT_TYPE",
     "INCIDENT_RECORD_HOOK",
     "RESOLVING_ALERT_TYPE",
+    "BreakerCounts",
     "BreakerState",
     "CircuitBreaker",
     "IncidentView",
@@ -153,6 +154,15 @@ class IncidentView:
             alert_sent_at=row.alert_sent_at,
             alert_response=row.alert_response,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerCounts:
+    """Totals the bounded lists leave out: breakers, open breakers, open incidents."""
+
+    breakers: int
+    open_breakers: int
+    open_incidents: int
 
 
 def severity_for_drift(drift_score: float, settings: Settings) -> str:
@@ -359,17 +369,39 @@ class CircuitBreaker:
             row = await get_breaker_driver(s).states_get(name)
             return None if row is None else BreakerState.from_row(row)
 
-    async def list_states(self) -> list[BreakerState]:
-        """Every breaker's stored state, by name."""
+    async def list_states(
+        self, after: str | None = None, limit: int | None = None
+    ) -> list[BreakerState]:
+        """Breakers' stored states by name: after ``after`` (a keyset cursor), at most
+        ``limit`` (all without one: the CLI's report)."""
         async with transaction(self.session_factory) as s:
-            return [BreakerState.from_row(r) for r in await get_breaker_driver(s).states_list()]
+            rows = await get_breaker_driver(s).states_list(after, limit)
+            return [BreakerState.from_row(r) for r in rows]
+
+    async def list_expired(self, limit: int) -> list[BreakerState]:
+        """Up to ``limit`` breakers still disabled though their ``disabled_until`` passed
+        (due for TTL recovery by :meth:`is_disabled`)."""
+        async with transaction(self.session_factory) as s:
+            rows = await get_breaker_driver(s).states_list_expired(self.clock(), limit)
+            return [BreakerState.from_row(r) for r in rows]
+
+    async def counts(self) -> BreakerCounts:
+        """How many breakers there are, how many are open now, how many incidents open."""
+        async with transaction(self.session_factory) as s:
+            total, open_now, incidents = await get_breaker_driver(s).states_counts(self.clock())
+            return BreakerCounts(total, open_now, incidents)
 
     async def list_incidents(
-        self, name: str | None = None, include_resolved: bool = False, limit: int = 100
+        self,
+        name: str | None = None,
+        include_resolved: bool = False,
+        limit: int = 100,
+        before: str | None = None,
     ) -> list[IncidentView]:
-        """Incidents newest first: open ones, or all with ``include_resolved``."""
+        """Incidents newest first: open ones, or all with ``include_resolved``; with
+        ``before`` (an incident id) those listed after that one."""
         async with transaction(self.session_factory) as s:
-            rows = await get_breaker_driver(s).incidents_list(name, include_resolved, limit)
+            rows = await get_breaker_driver(s).incidents_list(name, include_resolved, limit, before)
             return [IncidentView.from_row(r) for r in rows]
 
     # ------------------------------------------------------------------ internals

@@ -6,6 +6,7 @@ environment variables win over the file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import timedelta
 from enum import StrEnum
@@ -102,11 +103,35 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     stats_cache_seconds: float = Field(default=5.0, ge=0)
 
+    # Security (issue 9): request size limit and the proxies whose forwarded headers count
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     @field_validator("alertmanager_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [u.strip() for u in value.split(",") if u.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"invalid trusted proxy {entry[:100]!r}: use an IP address or a CIDR "
+                    "such as 10.0.0.0/8"
+                ) from None
         return value
 
     @field_validator("alertmanager_urls")
@@ -138,6 +163,24 @@ class Settings(BaseSettings):
         if self.alertmanager_bearer_token is not None and self.alertmanager_username is not None:
             raise ValueError("configure either basic auth or a bearer token, not both")
         return self
+
+    @property
+    def mutation_token(self) -> str | None:
+        """The API token when mutations are on, else None.
+
+        The one place that decides: unset, empty and blank all mean off (an empty token
+        once compared equal to an empty header and opened every mutation). The token
+        check, the banner, the start-up log line and the status page all read this.
+        """
+        if self.api_token is None:
+            return None
+        token = self.api_token.get_secret_value().strip()
+        return token or None
+
+    @property
+    def mutations_enabled(self) -> bool:
+        """Whether the API's mutating endpoints are on (see :attr:`mutation_token`)."""
+        return self.mutation_token is not None
 
     @property
     def is_sqlite(self) -> bool:

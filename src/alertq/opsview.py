@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq import metrics, ops
-from alertq.breaker import BreakerState, CircuitBreaker, IncidentView
+from alertq.breaker import BreakerCounts, BreakerState, CircuitBreaker, IncidentView
 from alertq.config import Settings
 from alertq.delivery import TargetHealth, target_key
 from alertq.engine import WorkerStats
@@ -43,7 +43,11 @@ Clock = Callable[[], datetime]
 
 CHART_WINDOW = timedelta(hours=1)
 MAX_SAMPLES = 3600
-OPEN_INCIDENTS_LIMIT = 10_000
+SHOWN_BREAKERS = 50
+"""The snapshot (and the status page) holds at most this many breakers, by name; the rest
+are counted and listed by ``/api/breakers``, page by page."""
+SHOWN_INCIDENTS = 50
+"""The same bound for open incidents, newest first (``/api/incidents`` pages the rest)."""
 SUMMARY_STATUSES = ("pending", "failed", "sent", "superseded")
 
 
@@ -58,8 +62,12 @@ class Snapshot:
 
     stats: dict[str, Any]
     breakers: list[BreakerState]
+    """The first :data:`SHOWN_BREAKERS` breakers by name."""
     open_incidents: list[IncidentView]
+    """The newest :data:`SHOWN_INCIDENTS` open incidents."""
     collected_at: datetime
+    counts: BreakerCounts
+    """The totals behind both lists."""
 
 
 @dataclass(slots=True)
@@ -180,14 +188,16 @@ class OpsContext:
         generation = self._generation
         try:
             stats = await ops.queue_stats(self.session_factory)
-            breakers = await self.breaker.list_states()
-            incidents = await self.breaker.list_incidents(limit=OPEN_INCIDENTS_LIMIT)
+            breakers = await self.breaker.list_states(limit=SHOWN_BREAKERS)
+            incidents = await self.breaker.list_incidents(limit=SHOWN_INCIDENTS)
+            counts = await self.breaker.counts()
         except (SQLAlchemyError, OSError) as exc:
             raise DatabaseUnavailable(describe_db_error(exc)) from exc
         now = self.clock()
         metrics.set_queue_stats(by_status(stats), stats["oldest_due_age_seconds"], now.timestamp())
-        metrics.set_breakers({b.name: is_open(b, now) for b in breakers}, len(incidents))
-        snap = Snapshot(stats, breakers, incidents, now)
+        # Per-breaker gauges of the shown ones; trips and resets set their own.
+        metrics.set_breakers({b.name: is_open(b, now) for b in breakers}, counts.open_incidents)
+        snap = Snapshot(stats, breakers, incidents, now, counts)
         if generation == self._generation:  # else a mutation raced this read: don't cache it
             self._snapshot = snap
         return snap

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, or_, select, update
+from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -74,10 +74,37 @@ class BreakerDriver:
         stmt = select(State).where(State.name == name).execution_options(populate_existing=True)
         return (await self.session.scalars(stmt)).one_or_none()
 
-    async def states_list(self) -> list[State]:
-        """Every state row, by name."""
+    async def states_list(self, after: str | None = None, limit: int | None = None) -> list[State]:
+        """State rows by name: those after ``after`` (a keyset cursor), at most ``limit``."""
         stmt = select(State).order_by(State.name).execution_options(populate_existing=True)
+        if after is not None:
+            stmt = stmt.where(State.name > after)
+        if limit is not None:
+            stmt = stmt.limit(limit)
         return list((await self.session.scalars(stmt)).all())
+
+    async def states_list_expired(self, now: datetime, limit: int) -> list[State]:
+        """Disabled state rows whose ``disabled_until`` has passed, oldest expiry first."""
+        stmt = (
+            select(State)
+            .where(State.disabled.is_(True), State.disabled_until <= now)
+            .order_by(State.disabled_until, State.name)
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def states_counts(self, now: datetime) -> tuple[int, int, int]:
+        """(breakers, open breakers as of ``now``, unresolved incidents)."""
+        open_now = and_(
+            State.disabled.is_(True),
+            or_(State.disabled_until.is_(None), State.disabled_until > now),
+        )
+        states = select(func.count(), func.count().filter(open_now)).select_from(State)
+        total, open_count = (await self.session.execute(states)).one()
+        incidents = select(func.count()).select_from(Incident).where(Incident.resolved.is_(False))
+        open_incidents = (await self.session.execute(incidents)).scalar_one()
+        return int(total), int(open_count), int(open_incidents)
 
     async def states_update(self, state_id: int, **values: Any) -> None:
         """Set columns of one state row."""
@@ -123,15 +150,24 @@ class BreakerDriver:
         return rowcount(await self.session.execute(stmt)) > 0
 
     async def incidents_list(
-        self, name: str | None, include_resolved: bool, limit: int
+        self, name: str | None, include_resolved: bool, limit: int, before: str | None = None
     ) -> list[Incident]:
-        """Incidents newest first, optionally of one breaker, open ones only by default."""
+        """Incidents newest first, optionally of one breaker, open ones only by default;
+        with ``before`` (an incident id, the keyset cursor) only those listed after it."""
         stmt = (
             select(Incident)
             .order_by(Incident.timestamp.desc(), Incident.id.desc())
             .limit(limit)
             .execution_options(populate_existing=True)
         )
+        if before is not None:
+            cursor = select(Incident.timestamp).where(Incident.id == before).scalar_subquery()
+            stmt = stmt.where(
+                or_(
+                    Incident.timestamp < cursor,
+                    and_(Incident.timestamp == cursor, Incident.id < before),
+                )
+            )
         if name is not None:
             stmt = stmt.where(Incident.circuit_breaker_name == name)
         if not include_resolved:
