@@ -26,7 +26,7 @@ from alertq.alerts import (
     with_ends_at,
 )
 from alertq.config import Settings
-from alertq.db import transaction
+from alertq.db import DatabaseOutage, is_database_error, transaction
 from alertq.driver import get_breaker_driver, get_queue_driver
 
 log = logging.getLogger("alertq.keepalive")
@@ -120,7 +120,8 @@ class KeepaliveService:
     """Re-arms incidents' alert rows every :func:`keepalive_tick`.
 
     ``on_rearm(n)`` is called after a pass that re-armed ``n > 0`` rows (the worker counts
-    them and wakes its loops).
+    them and wakes its loops). Database errors go to ``outage`` (the worker's, so a down
+    database is reported once per process, not once per pass).
     """
 
     def __init__(
@@ -130,11 +131,13 @@ class KeepaliveService:
         *,
         clock: Clock = utcnow,
         on_rearm: Callable[[int], None] | None = None,
+        outage: DatabaseOutage | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
         self.clock = clock
         self.on_rearm = on_rearm
+        self.outage = outage or DatabaseOutage(settings.database_url, logger=log)
 
     async def run_once(self) -> int:
         """One keep-alive pass; returns how many rows were re-armed.
@@ -197,12 +200,19 @@ class KeepaliveService:
         """Run :meth:`run_once` every :func:`keepalive_tick` until ``done`` is set."""
         tick = keepalive_tick(self.settings.resend_interval)
         while not done.is_set():
+            wait = tick
             try:
                 await self.run_once()
-            except Exception:
-                log.exception("keep-alive pass failed; retrying in %.1fs", tick)
+            except Exception as exc:
+                if not is_database_error(exc):
+                    log.exception("keep-alive pass failed; retrying in %.1fs", tick)
+                else:
+                    self.outage.failed(exc)
+                    wait = self.outage.backoff(tick)
+            else:
+                self.outage.recovered()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), tick)
+                await asyncio.wait_for(done.wait(), wait)
 
 
 __all__ = [
