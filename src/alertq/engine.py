@@ -28,9 +28,9 @@ import random
 import secrets
 import socket
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,6 +43,7 @@ from alertq.delivery import AlertmanagerClient, ErrorClass, TargetResult
 from alertq.driver import SUPERSEDED_REASON, ClaimedAlert, get_queue_driver
 from alertq.hooks import Recorded, RecordHook
 from alertq.keepalive import KeepaliveService
+from alertq.models import Clock, utcnow
 from alertq.policy import (
     Decision,
     Verdict,
@@ -55,13 +56,6 @@ log = logging.getLogger("alertq.engine")
 
 DRAIN_UNREACHABLE_LIMIT = 15.0
 """Seconds ``run(drain=True)`` waits for an unreachable database before giving up."""
-
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 # --------------------------------------------------------------------------- worker
 

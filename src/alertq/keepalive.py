@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -28,6 +28,7 @@ from alertq.alerts import (
 from alertq.config import Settings
 from alertq.db import DatabaseOutage, is_database_error, transaction
 from alertq.driver import get_breaker_driver, get_queue_driver
+from alertq.models import Clock, utcnow
 
 log = logging.getLogger("alertq.keepalive")
 
@@ -36,13 +37,6 @@ KEEPALIVE_MIN_TICK = 0.05
 KEEPALIVE_BATCH = 500
 FIRING_ALERT_TYPE = BREAKER_FIRING_TYPE
 RESOLVING_ALERT_TYPE = BREAKER_RESOLVING_TYPE
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 # --------------------------------------------------------------------------- policy (pure)
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -25,6 +25,7 @@ from alertq.breaker import BreakerState, CircuitBreaker, IncidentView
 from alertq.config import Settings
 from alertq.delivery import TargetHealth, target_key
 from alertq.engine import WorkerStats
+from alertq.models import Clock, utcnow
 
 __all__ = [
     "CHART_WINDOW",
@@ -39,17 +40,11 @@ __all__ = [
 ]
 
 Factory = async_sessionmaker[AsyncSession]
-Clock = Callable[[], datetime]
 
 CHART_WINDOW = timedelta(hours=1)
 MAX_SAMPLES = 3600
 OPEN_INCIDENTS_LIMIT = 10_000
 SUMMARY_STATUSES = ("pending", "failed", "sent", "superseded")
-
-
-def utcnow() -> datetime:
-    """Now, in UTC: the default clock of :class:`OpsContext`."""
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
