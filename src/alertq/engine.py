@@ -361,11 +361,8 @@ class AlertWorker:
             driver = get_queue_driver(session)
             if stale:
                 applied += await driver.alerts_mark_superseded(stale, token, SUPERSEDED_REASON)
-            sent_ids: list[int] = []
             for delivered, ids in sent.items():
-                got = await driver.alerts_mark_sent(ids, token, now, list(delivered))
-                sent_ids += got
-            applied += sent_ids
+                applied += await driver.alerts_mark_sent(ids, token, now, list(delivered))
             for (at, error, delivered), ids in retry.items():
                 applied += await driver.alerts_schedule_retry(
                     ids, token, at, error, list(delivered)
@@ -382,6 +379,7 @@ class AlertWorker:
                 [fp for fp in retried_fps if fp is not None], now
             )
             done = set(applied)
+            # Features keep their own tables in step, in this transaction (hooks.py).
             recorded = [
                 Recorded(row, decisions[row.id], tuple(results.get(row.id, ())))
                 for row in rows

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from alertq import metrics, ops
 from alertq.breaker import BreakerState, CircuitBreaker, IncidentView
 from alertq.config import Settings
+from alertq.db import describe_error as describe_db_error
 from alertq.delivery import TargetHealth, target_key
 from alertq.engine import WorkerStats
 from alertq.models import Clock, utcnow
@@ -93,17 +94,6 @@ def by_status(stats: dict[str, Any]) -> dict[str, int]:
     counts = {s: 0 for s in SUMMARY_STATUSES}
     counts.update({k: v for k, v in stats.items() if isinstance(v, int) and k != "total"})
     return counts
-
-
-def describe_db_error(exc: BaseException) -> str:
-    """A database error in one line that is safe to show: the driver's exception type and
-    the first line of its message (no SQL, no parameters, no credentials)."""
-    # SQLAlchemy's text carries the statement and its parameters: keep only the driver's
-    # first line. Connection URLs never appear in these messages.
-    cause = getattr(exc, "orig", None) or exc
-    first = (str(cause).strip().splitlines() or [""])[0][:200]
-    name = type(cause).__name__
-    return f"{name}: {first}" if first else name
 
 
 class OpsContext:
