@@ -29,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -47,7 +47,7 @@ from alertq.delivery import TargetResult
 from alertq.driver import BreakerDriver, get_breaker_driver
 from alertq.enqueue import enqueue_alert
 from alertq.hooks import Recorded, RecordHook
-from alertq.models import CostSimCBIncidentModel, CostSimCBStateModel
+from alertq.models import CostSimCBIncidentModel, CostSimCBStateModel, utcnow
 from alertq.policy import Verdict
 
 __all__ = [
@@ -73,10 +73,6 @@ TTL_ACTOR = "ttl"
 TTL_NOTES = "disable TTL expired"
 SCHEMA_ERROR_SEVERITY = "P2"
 MANUAL_SEVERITY = "P3"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -510,6 +506,7 @@ class CircuitBreaker:
             row.name,
             incident.id,
             now=now,
+            max_attempts=self.settings.max_attempts,
             notify_throttle=self.settings.notify_throttle,
         )
 
@@ -558,6 +555,7 @@ class CircuitBreaker:
                 row.name,
                 incident.id,
                 now=now,
+                max_attempts=self.settings.max_attempts,
                 notify_throttle=self.settings.notify_throttle,
             )
 

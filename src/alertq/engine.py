@@ -28,9 +28,9 @@ import random
 import secrets
 import socket
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -38,11 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from alertq import metrics
 from alertq.breaker import INCIDENT_RECORD_HOOK
 from alertq.config import Settings
-from alertq.db import EnqueueListener, transaction
+from alertq.db import DatabaseOutage, EnqueueListener, is_database_error, transaction
 from alertq.delivery import AlertmanagerClient, ErrorClass, TargetResult
 from alertq.driver import SUPERSEDED_REASON, ClaimedAlert, get_queue_driver
 from alertq.hooks import Recorded, RecordHook
 from alertq.keepalive import KeepaliveService
+from alertq.models import Clock, utcnow
 from alertq.policy import (
     Decision,
     Verdict,
@@ -53,12 +54,8 @@ from alertq.policy import (
 
 log = logging.getLogger("alertq.engine")
 
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
+DRAIN_UNREACHABLE_LIMIT = 15.0
+"""Seconds ``run(drain=True)`` waits for an unreachable database before giving up."""
 
 # --------------------------------------------------------------------------- worker
 
@@ -89,7 +86,9 @@ class AlertWorker:
     Each loop has its own Alertmanager client (one HTTP client per target per loop).
     ``clock`` and ``rng`` are injectable for tests. ``record_hooks`` run in each record
     transaction (by default the breaker's incident bookkeeping); :attr:`keepalive` is the
-    keep-alive service :meth:`run` runs beside the loops.
+    keep-alive service :meth:`run` runs beside the loops. While the database cannot be
+    reached the loops back off (capped) and :attr:`outage` logs a line when it goes down,
+    one a minute while it stays down and one when it is back.
     """
 
     def __init__(
@@ -102,6 +101,8 @@ class AlertWorker:
         rng: random.Random | None = None,
         worker_id: str | None = None,
         record_hooks: Sequence[RecordHook] = (INCIDENT_RECORD_HOOK,),
+        outage: DatabaseOutage | None = None,
+        drain_unreachable_limit: float = DRAIN_UNREACHABLE_LIMIT,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
@@ -113,8 +114,14 @@ class AlertWorker:
         self._wake = asyncio.Event()
         self._lease = timedelta(seconds=settings.lease_seconds)
         self.record_hooks = tuple(record_hooks)
+        self.outage = outage or DatabaseOutage(settings.database_url)
+        self.drain_unreachable_limit = drain_unreachable_limit
         self.keepalive = KeepaliveService(
-            settings, session_factory, clock=clock, on_rearm=self._on_keepalive
+            settings,
+            session_factory,
+            clock=clock,
+            on_rearm=self._on_keepalive,
+            outage=self.outage,
         )
 
     # -- public API
@@ -125,7 +132,11 @@ class AlertWorker:
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Run until ``stop`` is set (then finish in-flight deliveries), or, with ``drain``,
-        until no row is due or leased."""
+        until no row is due or leased.
+
+        With ``drain``, a database that stays unreachable for ``drain_unreachable_limit``
+        seconds raises :class:`alertq.db.DatabaseUnreachable` (one line, password hidden).
+        """
         listener: EnqueueListener | None = None
         if not self.settings.is_sqlite:
             listener = EnqueueListener(self.settings.database_url, self.wake)
@@ -137,7 +148,13 @@ class AlertWorker:
                 asyncio.create_task(self._loop(i, stop, drain), name=f"alertq-loop-{i}")
                 for i in range(self.settings.concurrency)
             ]
-            await asyncio.gather(*loops)
+            try:
+                await asyncio.gather(*loops)
+            except BaseException:
+                for task in loops:
+                    task.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+                raise
         finally:
             loops_done.set()
             await keepalive
@@ -177,17 +194,13 @@ class AlertWorker:
             while not stop.is_set():
                 try:
                     claimed = await self.run_once(client)
-                except Exception:
-                    # A database outage: keep going, the next claim reconnects.
-                    log.exception("delivery cycle failed; retrying after the poll interval")
-                    claimed = 0
-                    await self._sleep(stop, self.settings.poll_interval)
+                    delay = None if claimed else await self._idle_delay(drain)
+                except Exception as exc:
+                    await self._sleep(stop, self._cycle_failed(exc, drain))
                     continue
-                if claimed >= self.settings.batch_size:
-                    continue
+                self.outage.recovered()
                 if claimed:
                     continue
-                delay = await self._idle_delay(drain)
                 if delay is None:
                     return
                 await self._sleep(stop, delay)
@@ -197,18 +210,26 @@ class AlertWorker:
     async def _idle_delay(self, drain: bool) -> float | None:
         """How long to wait for work; None when draining and nothing is due or leased."""
         now = self.clock()
-        try:
-            async with transaction(self.session_factory) as session:
-                counts = await get_queue_driver(session).alerts_counts(now)
-        except Exception:
-            log.exception("could not read queue counts")
-            return self.settings.poll_interval
+        async with transaction(self.session_factory) as session:
+            counts = await get_queue_driver(session).alerts_counts(now)
         if drain and counts.due == 0 and counts.leased == 0:
             return None
         delay = self.settings.poll_interval
         if counts.next_due_at is not None:
             delay = min(delay, max(0.0, (counts.next_due_at - now).total_seconds()))
         return delay
+
+    def _cycle_failed(self, exc: Exception, drain: bool) -> float:
+        """Seconds to wait after a failed cycle; raises when a drain should give up."""
+        if not is_database_error(exc):
+            log.exception("delivery cycle failed; retrying after the poll interval")
+            return self.settings.poll_interval
+        # The next claim reconnects; rows leased by a cycle that failed come back when
+        # their lease runs out.
+        self.outage.failed(exc)
+        if drain and self.outage.down_for() >= self.drain_unreachable_limit:
+            raise self.outage.error() from exc
+        return self.outage.backoff(self.settings.poll_interval)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         if seconds <= 0:
@@ -340,11 +361,8 @@ class AlertWorker:
             driver = get_queue_driver(session)
             if stale:
                 applied += await driver.alerts_mark_superseded(stale, token, SUPERSEDED_REASON)
-            sent_ids: list[int] = []
             for delivered, ids in sent.items():
-                got = await driver.alerts_mark_sent(ids, token, now, list(delivered))
-                sent_ids += got
-            applied += sent_ids
+                applied += await driver.alerts_mark_sent(ids, token, now, list(delivered))
             for (at, error, delivered), ids in retry.items():
                 applied += await driver.alerts_schedule_retry(
                     ids, token, at, error, list(delivered)
@@ -361,6 +379,7 @@ class AlertWorker:
                 [fp for fp in retried_fps if fp is not None], now
             )
             done = set(applied)
+            # Features keep their own tables in step, in this transaction (hooks.py).
             recorded = [
                 Recorded(row, decisions[row.id], tuple(results.get(row.id, ())))
                 for row in rows

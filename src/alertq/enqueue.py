@@ -12,15 +12,11 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from alertq.alerts import InvalidAlertPayload, payload_fingerprint, validate_payload
+from alertq.config import get_settings
 from alertq.driver import QueueDriver
 from alertq.models import CostSimAlertQueueModel
 
 __all__ = ["InvalidAlertPayload", "enqueue_alert"]
-
-DEFAULT_NOTIFY_THROTTLE = 0.01
-DEFAULT_MAX_ATTEMPTS = 10
-"""The queue table's own default for ``max_attempts``."""
-"""Seconds; matches ``Settings.notify_throttle``'s default."""
 
 # When this process last sent a NOTIFY (time.monotonic()); None before the first.
 _last_notify_at: float | None = None
@@ -52,7 +48,7 @@ async def enqueue_alert(
     *,
     max_attempts: int | None = None,
     now: datetime | None = None,
-    notify_throttle: float = DEFAULT_NOTIFY_THROTTLE,
+    notify_throttle: float | None = None,
 ) -> CostSimAlertQueueModel:
     """Validate ``payload`` and insert it as a pending row in ``session``'s transaction.
 
@@ -70,6 +66,8 @@ async def enqueue_alert(
 
     On PostgreSQL the three are one statement (one round trip for the producer).
     Never commits, rolls back or flushes beyond what the statements need. Returns the row.
+    ``max_attempts`` and ``notify_throttle`` default to the process settings
+    (``ALERTQ_MAX_ATTEMPTS``, ``ALERTQ_NOTIFY_THROTTLE``; :func:`alertq.config.get_settings`).
     Naive ``now`` or ``max_attempts < 1`` are programming errors: :class:`ValueError`.
     """
     global _last_notify_at
@@ -86,6 +84,11 @@ async def enqueue_alert(
     alerts = validate_payload(payload, now=now)
     fingerprint = payload_fingerprint(alerts)
 
+    if max_attempts is None or notify_throttle is None:
+        settings = get_settings()
+        max_attempts = settings.max_attempts if max_attempts is None else max_attempts
+        notify_throttle = settings.notify_throttle if notify_throttle is None else notify_throttle
+
     mono = time.monotonic()
     notify = _last_notify_at is None or mono - _last_notify_at >= notify_throttle
     if notify:
@@ -97,6 +100,6 @@ async def enqueue_alert(
         incident_id,
         fingerprint=fingerprint,
         now=now,
-        max_attempts=max_attempts if max_attempts is not None else DEFAULT_MAX_ATTEMPTS,
+        max_attempts=max_attempts,
         notify=notify,
     )

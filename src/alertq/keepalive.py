@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -26,8 +26,9 @@ from alertq.alerts import (
     with_ends_at,
 )
 from alertq.config import Settings
-from alertq.db import transaction
+from alertq.db import DatabaseOutage, is_database_error, transaction
 from alertq.driver import get_breaker_driver, get_queue_driver
+from alertq.models import Clock, utcnow
 
 log = logging.getLogger("alertq.keepalive")
 
@@ -36,13 +37,6 @@ KEEPALIVE_MIN_TICK = 0.05
 KEEPALIVE_BATCH = 500
 FIRING_ALERT_TYPE = BREAKER_FIRING_TYPE
 RESOLVING_ALERT_TYPE = BREAKER_RESOLVING_TYPE
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 # --------------------------------------------------------------------------- policy (pure)
 
 
@@ -120,7 +114,8 @@ class KeepaliveService:
     """Re-arms incidents' alert rows every :func:`keepalive_tick`.
 
     ``on_rearm(n)`` is called after a pass that re-armed ``n > 0`` rows (the worker counts
-    them and wakes its loops).
+    them and wakes its loops). Database errors go to ``outage`` (the worker's, so a down
+    database is reported once per process, not once per pass).
     """
 
     def __init__(
@@ -130,11 +125,13 @@ class KeepaliveService:
         *,
         clock: Clock = utcnow,
         on_rearm: Callable[[int], None] | None = None,
+        outage: DatabaseOutage | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
         self.clock = clock
         self.on_rearm = on_rearm
+        self.outage = outage or DatabaseOutage(settings.database_url, logger=log)
 
     async def run_once(self) -> int:
         """One keep-alive pass; returns how many rows were re-armed.
@@ -197,12 +194,19 @@ class KeepaliveService:
         """Run :meth:`run_once` every :func:`keepalive_tick` until ``done`` is set."""
         tick = keepalive_tick(self.settings.resend_interval)
         while not done.is_set():
+            wait = tick
             try:
                 await self.run_once()
-            except Exception:
-                log.exception("keep-alive pass failed; retrying in %.1fs", tick)
+            except Exception as exc:
+                if not is_database_error(exc):
+                    log.exception("keep-alive pass failed; retrying in %.1fs", tick)
+                else:
+                    self.outage.failed(exc)
+                    wait = self.outage.backoff(tick)
+            else:
+                self.outage.recovered()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), tick)
+                await asyncio.wait_for(done.wait(), wait)
 
 
 __all__ = [

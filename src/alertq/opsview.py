@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -23,8 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from alertq import metrics, ops
 from alertq.breaker import BreakerCounts, BreakerState, CircuitBreaker, IncidentView
 from alertq.config import Settings
+from alertq.db import describe_error as describe_db_error
 from alertq.delivery import TargetHealth, target_key
 from alertq.engine import WorkerStats
+from alertq.models import Clock, utcnow
 
 __all__ = [
     "CHART_WINDOW",
@@ -39,7 +41,6 @@ __all__ = [
 ]
 
 Factory = async_sessionmaker[AsyncSession]
-Clock = Callable[[], datetime]
 
 CHART_WINDOW = timedelta(hours=1)
 MAX_SAMPLES = 3600
@@ -49,11 +50,6 @@ are counted and listed by ``/api/breakers``, page by page."""
 SHOWN_INCIDENTS = 50
 """The same bound for open incidents, newest first (``/api/incidents`` pages the rest)."""
 SUMMARY_STATUSES = ("pending", "failed", "sent", "superseded")
-
-
-def utcnow() -> datetime:
-    """Now, in UTC: the default clock of :class:`OpsContext`."""
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +102,6 @@ def by_status(stats: dict[str, Any]) -> dict[str, int]:
     counts = {s: 0 for s in SUMMARY_STATUSES}
     counts.update({k: v for k, v in stats.items() if isinstance(v, int) and k != "total"})
     return counts
-
-
-def describe_db_error(exc: BaseException) -> str:
-    """A database error in one line that is safe to show: the driver's exception type and
-    the first line of its message (no SQL, no parameters, no credentials)."""
-    # SQLAlchemy's text carries the statement and its parameters: keep only the driver's
-    # first line. Connection URLs never appear in these messages.
-    cause = getattr(exc, "orig", None) or exc
-    first = (str(cause).strip().splitlines() or [""])[0][:200]
-    name = type(cause).__name__
-    return f"{name}: {first}" if first else name
 
 
 class OpsContext:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from alertq.alerts import MAX_ALERTS_PER_PAYLOAD
 from alertq.config import DeliveryQuorum
 from alertq.delivery import ErrorClass, TargetResult
 from alertq.driver import ClaimedAlert
 
-MAX_ALERTS_PER_POST = 256
 MAX_RETRY_AFTER = 3600.0
 MISCONFIGURED_FLOOR = 60.0
 
@@ -115,9 +115,12 @@ def newest_per_fingerprint(rows: Sequence[ClaimedAlert]) -> tuple[list[ClaimedAl
 
 
 def chunk_rows(
-    rows: Sequence[ClaimedAlert], limit: int = MAX_ALERTS_PER_POST
+    rows: Sequence[ClaimedAlert], limit: int = MAX_ALERTS_PER_PAYLOAD
 ) -> list[list[ClaimedAlert]]:
-    """Group rows into POST bodies of at most ``limit`` alerts, keeping claim order."""
+    """Group rows into POST bodies of at most ``limit`` alerts, keeping claim order.
+
+    The default is the payload limit: a body never holds more alerts than one enqueue may.
+    """
     chunks: list[list[ClaimedAlert]] = []
     current: list[ClaimedAlert] = []
     size = 0
@@ -134,7 +137,6 @@ def chunk_rows(
 
 
 __all__ = [
-    "MAX_ALERTS_PER_POST",
     "MAX_RETRY_AFTER",
     "MISCONFIGURED_FLOOR",
     "Decision",

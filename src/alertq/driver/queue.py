@@ -98,7 +98,7 @@ class QueueDriver:
         *,
         fingerprint: str,
         now: datetime,
-        max_attempts: int = 10,
+        max_attempts: int,
         notify: bool = False,
     ) -> Q:
         """Insert a pending row and retire older unleased pending rows of ``fingerprint``.

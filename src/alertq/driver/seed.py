@@ -47,8 +47,12 @@ class AlertDriver(QueueDriver):
         return list((await self.session.scalars(stmt)).all())
 
     async def fetch_queue_stats(self) -> dict[str, Any]:
-        """Counts by status and the oldest pending row: see :meth:`QueueDriver.alerts_stats`."""
-        return await self.alerts_stats()
+        """Counts by status and the oldest pending row: :meth:`QueueDriver.alerts_stats`,
+        plus the seed's own key ``oldest_pending`` (the oldest pending ``created_at``, aware
+        UTC, or None), which code written against the seed reads."""
+        stats = await self.alerts_stats()
+        stats["oldest_pending"] = stats["oldest_pending_created_at"]
+        return stats
 
     async def update_alert_sent(self, alert: Q, sent_at: datetime) -> bool:
         """Mark ``alert`` sent at ``sent_at`` (stored in ``sent_at``, unlike the legacy driver).
