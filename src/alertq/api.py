@@ -28,7 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from alertq import metrics, ops
+from alertq import limits, metrics, ops
 from alertq.config import parse_duration
 from alertq.models import AlertStatus
 from alertq.opsview import DatabaseUnavailable, OpsContext, describe_db_error
@@ -60,10 +60,10 @@ __all__ = ["create_app", "require_token"]
 
 log = logging.getLogger("alertq.api")
 
-MAX_ALERT_ID = 2**63 - 1
+MAX_ALERT_ID = limits.MAX_ALERT_ID
 ECHO_LIMIT = 200
 """At most this many characters of a refused input are echoed in a 422."""
-BREAKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}$"
+BREAKER_NAME_PATTERN = limits.NAME_PATTERN  # one rule for the CLI, API and Python API
 
 
 def _context(request: Request) -> OpsContext:
