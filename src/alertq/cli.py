@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 # Typer ships its own copy of click; its usage errors are these classes, not click's.
 from typer._click.exceptions import ClickException, UsageError
@@ -119,8 +119,9 @@ def load_settings() -> Settings:
         fail(f"invalid configuration: {problems}")
 
 
-# Failures to connect: the network said no, or the database driver did.
-_UNREACHABLE = (ConnectionError, TimeoutError, socket.gaierror, OperationalError, InterfaceError)
+# Failures to connect: refused, timed out, or no such host. (A driver error after
+# connecting, e.g. no such table or a missing SQLite directory, is a "database error".)
+_UNREACHABLE = (ConnectionError, TimeoutError, socket.gaierror)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             raise
         say_error(f"cannot reach the database at {_database_url()}: {_first_line(exc)}")
         code = 1
-    except DBAPIError as exc:  # reached, but refused us (no such database, bad password, ...)
+    except DBAPIError as exc:  # no such database or table, bad password, unopenable file, ...
         if _Options.debug:
             raise
         say_error(f"database error at {_database_url()}: {_first_line(exc)}")
