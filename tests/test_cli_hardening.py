@@ -68,6 +68,20 @@ async def test_breaker_status_and_incidents_print_a_markup_reason_verbatim(
         assert MARKUP_REASON in result.stdout, result.describe()
 
 
+async def test_control_characters_in_a_reason_are_shown_escaped_not_sent_to_the_terminal(
+    db_url: str, tmp_path: Path
+) -> None:
+    reason = "evil \x1b[31mred\x1b[0m \x07 bell"
+    trip = await alertq(db_url, tmp_path, "breaker", "trip", "cb2", "--reason", reason)
+    assert trip.returncode == 0, trip.describe()
+
+    for command in (["breaker", "status"], ["breaker", "incidents"]):
+        result = await alertq(db_url, tmp_path, *command)
+        assert result.returncode == 0, result.describe()
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout, result.describe()
+        assert "evil \\x1b[31mred\\x1b[0m \\x07 bell" in result.stdout, result.describe()
+
+
 @SQLITE_ONLY
 async def test_enqueue_prints_a_label_named_markup_and_the_rule_verbatim(
     db_url: str, session_factory: Factory, tmp_path: Path

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import socket
 import sys
@@ -62,9 +63,31 @@ db_app = typer.Typer(help="Database schema.")
 app.add_typer(db_app, name="db")
 
 
+# C0 and C1 control characters (ESC, BEL, CR, ...) and DEL: a reason containing them could
+# rewrite the operator's terminal or forge lines of output.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``, ``\\n``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class PlainConsole(Console):
+    """A console that prints every string as it is: never markup, emoji codes or
+    highlighting, and control characters escaped. Table cells, titles and captions are
+    strings rendered through :meth:`render_str`, so this covers them too; styling is only
+    ever applied with :class:`~rich.text.Text` objects built here."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        super().__init__(stderr=stderr, markup=False, emoji=False, highlight=False)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(visible(text), **kwargs)
+
+
 def _plain_console(*, stderr: bool = False) -> Console:
-    """A console that prints strings as they are: user data is never markup."""
-    return Console(stderr=stderr, markup=False, emoji=False, highlight=False)
+    return PlainConsole(stderr=stderr)
 
 
 console = _plain_console()
@@ -88,9 +111,8 @@ def _global_options(
 
 
 def say_error(message: str) -> None:
-    """One line on stderr, printed verbatim (newlines in user data are shown escaped)."""
-    line = message.replace("\r", "\\r").replace("\n", "\\n")
-    sys.stderr.write(f"alertq: {line}\n")
+    """One line on stderr, printed verbatim (control characters shown escaped)."""
+    sys.stderr.write(f"alertq: {visible(message)}\n")
     sys.stderr.flush()
 
 
