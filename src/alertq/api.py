@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.routing import Match
 from starlette.types import Scope
 
-from alertq import metrics, ops
+from alertq import limits, metrics, ops
 from alertq.config import parse_duration
 from alertq.httpguard import RequestGuard, check_bearer
 from alertq.models import AlertStatus
@@ -64,15 +64,15 @@ __all__ = ["create_app", "require_token"]
 
 log = logging.getLogger("alertq.api")
 
-MAX_ALERT_ID = 2**63 - 1
+MAX_ALERT_ID = limits.MAX_ALERT_ID
 ECHO_LIMIT = 200
-MAX_PAGE = 500
+MAX_PAGE = limits.MAX_PAGE
 """The largest ``limit`` of a list endpoint."""
 MAX_CURSOR = 200
 CURSOR_PATTERN = r"^[^\x00]+$"
 """Non-empty, without NUL (PostgreSQL refuses NUL in text: a 503 instead of a 422)."""
 """At most this many characters of a refused input are echoed in a 422."""
-BREAKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}$"
+BREAKER_NAME_PATTERN = limits.NAME_PATTERN  # one rule for the CLI, API and Python API
 
 
 def _context(request: Request) -> OpsContext:

@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alertq import metrics
+from alertq import limits, metrics
 from alertq.alerts import (
     BREAKER_FIRING_TYPE,
     BREAKER_RESOLVING_TYPE,
@@ -220,6 +220,9 @@ class CircuitBreaker:
         Reports while the breaker is open change nothing. (In every transition, a breaker
         whose ``disabled_until`` has passed is first closed, as :meth:`is_disabled` would.)
         """
+        limits.check_name(name)
+        drift_score = limits.check_drift_score(drift_score, "drift_score")
+        limits.check_count(sample_count, "sample_count", 1, limits.MAX_SAMPLE_COUNT)
         async with self._transaction(session) as s:
             driver = get_breaker_driver(s)
             now = self.clock()
@@ -260,6 +263,8 @@ class CircuitBreaker:
     ) -> BreakerState:
         """Report ``error_count`` schema errors seen at once; ``schema_error_threshold`` or
         more trip the breaker (severity P2). Fewer only record ``last_failure_at``."""
+        limits.check_name(name)
+        limits.check_count(error_count, "error_count", 0, limits.MAX_ERROR_COUNT)
         async with self._transaction(session) as s:
             driver = get_breaker_driver(s)
             now = self.clock()
@@ -293,6 +298,8 @@ class CircuitBreaker:
     ) -> BreakerState:
         """Open the breaker by hand (severity P3) until ``disabled_until``, or until enabled
         when None. Idempotent: an open breaker stays as it is (same incident, no alert)."""
+        limits.check_name(name)
+        limits.check_text(reason, "reason")
         if disabled_until is not None and disabled_until.tzinfo is None:
             raise ValueError(f"naive datetime {disabled_until!r}: pass an aware UTC datetime")
         async with self._transaction(session) as s:
@@ -322,6 +329,8 @@ class CircuitBreaker:
         Idempotent: a closed breaker stays as it is (no alert). An unknown name creates
         the breaker, closed.
         """
+        limits.check_name(name)
+        limits.check_optional_text(reason, "reason")
         async with self._transaction(session) as s:
             driver = get_breaker_driver(s)
             now = self.clock()
@@ -394,8 +403,12 @@ class CircuitBreaker:
         limit: int = 100,
         before: str | None = None,
     ) -> list[IncidentView]:
-        """Incidents newest first: open ones, or all with ``include_resolved``; with
-        ``before`` (an incident id) those listed after that one."""
+        """Incidents newest first: open ones, or all with ``include_resolved``; at most
+        ``limit`` (1 to :data:`~alertq.limits.MAX_LIST_LIMIT`); with ``before`` (an
+        incident id) those listed after that one."""
+        if name is not None:
+            limits.check_name(name)
+        limits.check_count(limit, "limit", 1, limits.MAX_LIST_LIMIT)
         async with transaction(self.session_factory) as s:
             rows = await get_breaker_driver(s).incidents_list(name, include_resolved, limit, before)
             return [IncidentView.from_row(r) for r in rows]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +23,9 @@ from pydantic_settings import (
 )
 
 from alertq.alerts import check_generator_url
+from alertq.limits import parse_duration  # re-exported: callers import it from here
+
+__all__ = ["DeliveryQuorum", "Settings", "get_settings", "parse_duration"]
 
 
 class DeliveryQuorum(StrEnum):
@@ -206,22 +208,3 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"2h"``, ``"30d"``, ``"1w"`` or plain seconds → timedelta."""
-    value = text.strip().lower()
-    try:
-        if value and value[-1] in _UNITS:
-            amount = float(value[:-1])
-            seconds = amount * _UNITS[value[-1]]
-        else:
-            seconds = float(value)
-    except ValueError:
-        raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 15m, 2h, 30d") from None
-    if seconds <= 0 or seconds != seconds:
-        raise ValueError(f"invalid duration {text!r}: must be positive")
-    return timedelta(seconds=seconds)

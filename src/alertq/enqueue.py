@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from alertq import limits
 from alertq.alerts import InvalidAlertPayload, payload_fingerprint, validate_payload
 from alertq.config import get_settings
 from alertq.driver import QueueDriver
 from alertq.models import CostSimAlertQueueModel
 
-__all__ = ["InvalidAlertPayload", "enqueue_alert"]
+__all__ = ["InvalidAlertPayload", "check_enqueue_args", "enqueue_alert"]
 
 # When this process last sent a NOTIFY (time.monotonic()); None before the first.
 _last_notify_at: float | None = None
@@ -37,6 +38,27 @@ def _check_text_arg(value: object, field: str, *, required: bool) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidAlertPayload("is not valid UTF-8 (lone surrogate)", field=field) from None
+
+
+def _check_length(value: object, field: str, max_length: int) -> None:
+    """Identifiers are bounded like everything else (see :mod:`alertq.limits`)."""
+    if isinstance(value, str) and len(value) > max_length:
+        raise InvalidAlertPayload(
+            f"is too long: {len(value)} characters (max {max_length})", field=field
+        )
+
+
+def check_enqueue_args(
+    alert_type: object, circuit_breaker_name: object = None, incident_id: object = None
+) -> None:
+    """:func:`enqueue_alert`'s checks of its text arguments, for callers (the CLI) that
+    want to refuse bad arguments before they open a database connection."""
+    _check_text_arg(alert_type, "alert_type", required=True)
+    _check_text_arg(circuit_breaker_name, "circuit_breaker_name", required=False)
+    _check_text_arg(incident_id, "incident_id", required=False)
+    _check_length(alert_type, "alert_type", limits.MAX_ALERT_TYPE_LENGTH)
+    _check_length(circuit_breaker_name, "circuit_breaker_name", limits.MAX_NAME_LENGTH)
+    _check_length(incident_id, "incident_id", limits.MAX_INCIDENT_ID_LENGTH)
 
 
 async def enqueue_alert(
@@ -72,9 +94,7 @@ async def enqueue_alert(
     """
     global _last_notify_at
 
-    _check_text_arg(alert_type, "alert_type", required=True)
-    _check_text_arg(circuit_breaker_name, "circuit_breaker_name", required=False)
-    _check_text_arg(incident_id, "incident_id", required=False)
+    check_enqueue_args(alert_type, circuit_breaker_name, incident_id)
     if max_attempts is not None and max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
     if now is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from alertq import limits
 from alertq.db import transaction
 from alertq.driver import PURGE_BATCH, get_queue_driver
 from alertq.models import AlertStatus, CostSimAlertQueueModel
@@ -33,7 +34,9 @@ async def queue_stats(factory: Factory) -> dict[str, Any]:
 async def retry_failed(
     factory: Factory, max_retries: int, *, ids: Sequence[int] | None = None
 ) -> int:
-    """Give failed rows ``max_retries`` more attempts, due now."""
+    """Give failed rows ``max_retries`` (1 to :data:`~alertq.limits.MAX_RETRIES`) more
+    attempts, due now."""
+    limits.check_count(max_retries, "max_retries", 1, limits.MAX_RETRIES)
     async with transaction(factory) as session:
         return await get_queue_driver(session).alerts_retry_failed(
             max_retries, datetime.now(UTC), ids=ids
@@ -50,10 +53,13 @@ async def purge(
 ) -> int:
     """Delete old rows in batches, one short transaction each; returns the total.
 
-    ``pending`` is refused: deleting undelivered alerts loses them.
+    ``pending`` is refused (deleting undelivered alerts loses them), and so is any status
+    that is not one of :data:`~alertq.limits.PURGEABLE_STATUSES`.
     """
-    if AlertStatus.PENDING.value in statuses:
-        raise ValueError("refusing to purge pending rows: they have not been delivered")
+    statuses = limits.check_purge_statuses(statuses)
+    if cutoff.tzinfo is None:
+        raise ValueError(f"naive datetime {cutoff!r}: pass an aware UTC datetime")
+    limits.check_count(batch_size, "batch_size", 1, 100_000)
     total, after_id = 0, 0
     while True:
         async with transaction(factory) as session:
@@ -70,6 +76,11 @@ async def purge(
 async def list_alerts(
     factory: Factory, status: str | None, limit: int, before_id: int | None = None
 ) -> list[CostSimAlertQueueModel]:
+    if status is not None:
+        limits.check_status(status)
+    limits.check_count(limit, "limit", 1, limits.MAX_LIST_LIMIT)
+    if before_id is not None:
+        limits.check_count(before_id, "before_id", 1, limits.MAX_ALERT_ID)
     async with transaction(factory) as session:
         return await get_queue_driver(session).alerts_list(status, limit, before_id)
 
