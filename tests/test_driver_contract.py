@@ -400,6 +400,26 @@ async def test_states_are_created_once_locked_read_listed_and_updated(tx: AsyncS
     assert [s.name for s in await breaker.states_list()] == ["a", "b"]
 
 
+async def test_states_list_pages_by_name_and_lists_expired_ones_and_counts(
+    tx: AsyncSession,
+) -> None:
+    breaker = get_breaker_driver(tx)
+    for name in ("a", "b", "c", "d"):
+        await breaker.states_ensure(name, T0)
+    rows = {s.name: s for s in await breaker.states_list()}
+    past, future = T0 - timedelta(minutes=5), T0 + timedelta(hours=1)
+    await breaker.states_update(rows["a"].id, disabled=True, disabled_until=past)
+    await breaker.states_update(rows["b"].id, disabled=True, disabled_until=None)
+    await breaker.states_update(rows["c"].id, disabled=True, disabled_until=future)
+    await new_incident(tx, "i1", "b")
+    assert [s.name for s in await breaker.states_list(after="a", limit=2)] == ["b", "c"]
+    assert [s.name for s in await breaker.states_list(after="d")] == []
+    assert [s.name for s in await breaker.states_list_expired(T0, 10)] == ["a"]
+    assert await breaker.states_list_expired(T0 - timedelta(hours=1), 10) == []
+    # 4 breakers; open now: b (no TTL) and c (TTL ahead), not a (expired); 1 open incident.
+    assert await breaker.states_counts(T0) == (4, 2, 1)
+
+
 async def test_incidents_are_inserted_read_listed_and_resolved_once(tx: AsyncSession) -> None:
     breaker = get_breaker_driver(tx)
     first = await new_incident(tx, "i1", "cb1")
@@ -409,6 +429,10 @@ async def test_incidents_are_inserted_read_listed_and_resolved_once(tx: AsyncSes
     assert await breaker.incidents_get("nope") is None
     assert [i.id for i in await breaker.incidents_list(None, False, 10)] == ["i3", "i2", "i1"]
     assert [i.id for i in await breaker.incidents_list("cb1", False, 1)] == ["i3"]
+    assert [i.id for i in await breaker.incidents_list(None, False, 10, before="i3")] == [
+        "i2",
+        "i1",
+    ]
     done = T0 + timedelta(hours=1)
     assert await breaker.incidents_resolve("i3", done, "ops", "fixed")
     assert not await breaker.incidents_resolve("i3", done, "ops", "again")
