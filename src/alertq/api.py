@@ -28,7 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from alertq import metrics, ops
+from alertq import metrics, ops, relay
 from alertq.config import parse_duration
 from alertq.models import AlertStatus
 from alertq.opsview import DatabaseUnavailable, OpsContext, describe_db_error
@@ -147,6 +147,7 @@ def create_app(context: OpsContext) -> FastAPI:
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     _routes(app)
+    app.include_router(relay.router)
     return app
 
 

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     stats_cache_seconds: float = Field(default=5.0, ge=0)
 
+    # Relay (issue 11): the Alertmanager-compatible intake, its auth, TLS and replay
+    intake_username: str | None = None
+    intake_password: SecretStr | None = None
+    intake_bearer_token: SecretStr | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
     @field_validator("alertmanager_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
@@ -125,6 +132,12 @@ class Settings(BaseSettings):
             )
         if self.alertmanager_bearer_token is not None and self.alertmanager_username is not None:
             raise ValueError("configure either basic auth or a bearer token, not both")
+        if self.intake_bearer_token is not None and self.intake_username is not None:
+            raise ValueError("intake: configure either basic auth or a bearer token, not both")
+        if (self.intake_username is None) != (self.intake_password is None):
+            raise ValueError("intake basic auth needs both ALERTQ_INTAKE_USERNAME and _PASSWORD")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both ALERTQ_TLS_CERT_FILE and ALERTQ_TLS_KEY_FILE")
         return self
 
     @property
