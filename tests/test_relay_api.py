@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event, select
 
 from alertq.alerts import label_fingerprint
@@ -236,3 +237,29 @@ def test_open_intake_on_a_network_address_warns_once(caplog: pytest.LogCaptureFi
         assert warn_open_intake(open_settings, "0.0.0.0") is True
     warnings = [r for r in caplog.records if "without credentials" in r.getMessage()]
     assert len(warnings) == 1
+
+
+async def test_intake_per_source_shows_on_the_status_page_and_in_metrics(db_url: str) -> None:
+    async with relay(relay_settings(db_url)) as r:
+        before = (await r.client.get("/metrics")).text
+        assert (await r.post([alert("A"), alert("B")])).status_code == 200
+        grafana = {"User-Agent": "Grafana/10.0 <script>"}
+        assert (await r.post([alert("C"), {"labels": {}}], **grafana)).status_code == 400
+        page = (await r.client.get("/")).text
+        assert "Relay intake by source" in page and "192.0.2.7" in page
+        assert "Prometheus/2.42.0" in page
+        assert "Grafana/10.0 &lt;script&gt;" in page  # escaped, never markup
+        after = (await r.client.get("/metrics")).text
+
+    def sample(text: str, name: str, **labels: str) -> float:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return float(s.value)
+        return 0.0
+
+    name = "alertq_intake_alerts_total"
+    for outcome, delta in (("stored", 3), ("invalid", 1)):
+        assert sample(after, name, outcome=outcome) - sample(before, name, outcome=outcome) == delta
+    count = "alertq_intake_request_seconds_count"
+    assert sample(after, count) - sample(before, count) == 2

@@ -19,7 +19,13 @@ import pytest
 
 from tests.support import free_port
 from tests.support.alertmanager import AlertmanagerProcess
-from tests.support.processes import AlertqProcess, alertq_env, start_alertq, wait_until
+from tests.support.processes import (
+    AlertqProcess,
+    alertq_env,
+    run_alertq_async,
+    start_alertq,
+    wait_until,
+)
 
 AMTOOL = "/usr/bin/amtool"
 
@@ -160,3 +166,29 @@ async def test_tls_intake_with_basic_auth_takes_amtool_and_refuses_strangers(
             )
         assert stranger.status_code == 401
         assert "relay-pw-51" not in server.stdout + server.stderr
+
+
+async def test_stats_shows_relay_intake_per_source(
+    db_url: str, tmp_path: Path, alertmanager_factory: Callable[..., AlertmanagerProcess]
+) -> None:
+    am = alertmanager_factory()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = alertq_env(db_url, am.url, http_addr=f"127.0.0.1:{port}")
+    with start_alertq(["run"], env, cwd=tmp_path) as server:
+        await until_ready(server, url)
+        async with httpx.AsyncClient(trust_env=False) as client:
+            response = await client.post(
+                f"{url}/api/v2/alerts",
+                json=[{"labels": {"alertname": "Src", "i": str(i)}} for i in range(3)],
+                headers={"User-Agent": "vmalert/1.93"},
+            )
+        assert response.status_code == 200
+    result = await run_alertq_async(["stats", "--json"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.describe()
+    sources = json.loads(result.stdout)["intake_sources"]
+    assert [(s["addr"], s["agent"], s["rows"]) for s in sources] == [
+        ("127.0.0.1", "vmalert/1.93", 3)
+    ]
+    table = await run_alertq_async(["stats"], env, cwd=tmp_path)
+    assert "relay intake by source" in table.stdout and "vmalert/1.93" in table.stdout

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, text
+from sqlalchemy import bindparam, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from alertq.models import AlertStatus, CostSimAlertQueueModel, UTCDateTime
 
-__all__ = ["IntakeDriver", "IntakeRow"]
+__all__ = ["IntakeDriver", "IntakeRow", "IntakeSource"]
 
 Q = CostSimAlertQueueModel
 PENDING = AlertStatus.PENDING.value
@@ -34,6 +34,17 @@ class IntakeRow:
 
     payload: list[dict[str, Any]]
     fingerprint: str
+
+
+@dataclass(frozen=True)
+class IntakeSource:
+    """Relayed rows still in the queue from one sender (address and User-Agent)."""
+
+    addr: str | None
+    agent: str | None
+    rows: int
+    pending: int
+    last_at: datetime
 
 
 # Older unleased pending rows of the batch's fingerprints are retired in a CTE that runs on
@@ -142,3 +153,31 @@ class IntakeDriver:
     async def ping(self) -> None:
         """One trivial statement: whether the database answers (the relay's readiness)."""
         await self.session.execute(text("SELECT 1"))
+
+    async def intake_sources(self, alert_type: str, limit: int) -> list[IntakeSource]:
+        """Rows of ``alert_type`` by sender, most recent sender first (at most ``limit``)."""
+        last = func.max(Q.created_at)
+        stmt = (
+            select(
+                Q.source_addr,
+                Q.source_agent,
+                func.count(),
+                func.count().filter(Q.status == PENDING),
+                last,
+            )
+            .where(Q.alert_type == alert_type)
+            .group_by(Q.source_addr, Q.source_agent)
+            .order_by(last.desc())
+            .limit(limit)
+        )
+        return [
+            IntakeSource(addr, agent, int(rows), int(pending), _aware(last_at))
+            for addr, agent, rows, pending, last_at in (await self.session.execute(stmt)).all()
+        ]
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns an aggregate's timestamp as naive text-parsed UTC.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
