@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     intake_bearer_token: SecretStr | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    replay_interval: float = Field(default=2.0, gt=0)
 
     @field_validator("alertmanager_urls", mode="before")
     @classmethod

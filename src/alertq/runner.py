@@ -36,6 +36,7 @@ from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
 from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot
 from alertq.relay import intake_auth_enabled
+from alertq.replay import ReplayService
 
 __all__ = ["Collector", "parse_http_addr", "print_banner", "run_service"]
 
@@ -292,6 +293,8 @@ async def run_service(settings: Settings) -> int:
         print_banner(settings, url, probe.targets)
         tasks.append(asyncio.create_task(worker.run(stop), name="alertq-worker"))
         tasks.append(asyncio.create_task(collector.run(stop), name="alertq-collector"))
+        replay = ReplayService(settings, factory, probe)
+        tasks.append(asyncio.create_task(replay.run(stop), name="alertq-replay"))
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         code = 0

@@ -19,11 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from alertq.models import AlertStatus, CostSimAlertQueueModel, UTCDateTime
 
-__all__ = ["IntakeDriver", "IntakeRow", "IntakeSource"]
+__all__ = ["IntakeDriver", "IntakeRow", "IntakeSource", "LatestRow"]
 
 Q = CostSimAlertQueueModel
 PENDING = AlertStatus.PENDING.value
 SUPERSEDED = AlertStatus.SUPERSEDED.value
+SENT = AlertStatus.SENT.value
 NOTIFY_CHANNEL = "alertq_enqueued"
 SUPERSEDED_NOTE = "superseded by a newer alert with the same labels"
 
@@ -45,6 +46,15 @@ class IntakeSource:
     rows: int
     pending: int
     last_at: datetime
+
+
+@dataclass(frozen=True)
+class LatestRow:
+    """The newest delivered row of one label set: what a restarted Alertmanager must relearn."""
+
+    id: int
+    payload: list[dict[str, Any]]
+    created_at: datetime
 
 
 # Older unleased pending rows of the batch's fingerprints are retired in a CTE that runs on
@@ -174,6 +184,41 @@ class IntakeDriver:
             IntakeSource(addr, agent, int(rows), int(pending), _aware(last_at))
             for addr, agent, rows, pending, last_at in (await self.session.execute(stmt)).all()
         ]
+
+    async def alerts_latest_sent(
+        self, alert_type: str, since: datetime, after_id: int, limit: int
+    ) -> list[LatestRow]:
+        """Sent rows of ``alert_type`` created at or after ``since`` that are the newest
+        pending-or-sent row of their fingerprint, by id above ``after_id`` (keyset pages).
+
+        A fingerprint whose newest row is still pending is left out: the worker delivers
+        that newer state itself.
+        """
+        newest = (
+            select(
+                Q.id,
+                Q.payload,
+                Q.created_at,
+                Q.status,
+                func.row_number()
+                .over(partition_by=Q.fingerprint, order_by=Q.id.desc())
+                .label("rank"),
+            )
+            .where(
+                Q.alert_type == alert_type,
+                Q.status.in_((PENDING, SENT)),
+                Q.created_at >= since,
+            )
+            .subquery()
+        )
+        stmt = (
+            select(newest.c.id, newest.c.payload, newest.c.created_at)
+            .where(newest.c.rank == 1, newest.c.status == SENT, newest.c.id > after_id)
+            .order_by(newest.c.id)
+            .limit(limit)
+        )
+        rows = (await self.session.execute(stmt)).all()
+        return [LatestRow(int(i), list(p), _aware(c)) for i, p, c in rows]
 
 
 def _aware(value: datetime) -> datetime:
