@@ -45,7 +45,9 @@ RELAY_ALERT_TYPE = "relay"
 MAX_AGENT_CHARS = 200
 _JSON_TYPES = ("application/json",)
 
-router = APIRouter(tags=["Alertmanager API (relay)"])
+# Not in the ops API's OpenAPI schema: these routes are Alertmanager's API (its own spec,
+# api/v2/openapi.yaml, describes them), with Alertmanager's answers, not alertq's.
+router = APIRouter(tags=["Alertmanager API (relay)"], include_in_schema=False)
 
 
 def intake_auth_enabled(settings: Settings) -> bool:
