@@ -97,9 +97,9 @@ def set_alertmanager_up(target: str, up: bool, at: float) -> None:
 # Relay (issue 11)
 INTAKE_ALERTS = Counter(
     "alertq_intake_alerts_total",
-    "Alerts received on POST /api/v2/alerts, by outcome: stored, invalid (refused alone, "
-    "as Alertmanager does), rejected (in a body refused whole), unauthorized, error "
-    "(the database did not store them).",
+    "POST /api/v2/alerts by outcome: stored and invalid count alerts (an invalid one is "
+    "refused alone, as Alertmanager does); rejected (a body refused whole) and unauthorized "
+    "count requests; error counts alerts the database did not store.",
     ["outcome"],
 )
 INTAKE_LATENCY = Histogram(
