@@ -192,3 +192,44 @@ async def test_stats_shows_relay_intake_per_source(
     ]
     table = await run_alertq_async(["stats"], env, cwd=tmp_path)
     assert "relay intake by source" in table.stdout and "vmalert/1.93" in table.stdout
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_two_alertq_on_one_postgres_take_the_same_alerts_as_ha_replicas(
+    db_url: str, tmp_path: Path, alertmanager_factory: Callable[..., AlertmanagerProcess]
+) -> None:
+    """A sender lists both instances (as Alertmanager HA) and posts every batch to each:
+    Alertmanager lists every alert once, and the duplicate rows cost at most one extra
+    delivery per alert (printed: alerts Alertmanager received per alert sent)."""
+    am = alertmanager_factory()
+    ports = [free_port(), free_port()]
+    servers = []
+    try:
+        for i, port in enumerate(ports):
+            env = alertq_env(db_url, am.url, http_addr=f"127.0.0.1:{port}", poll_interval=0.2)
+            (tmp_path / f"i{i}").mkdir()
+            servers.append(start_alertq(["run"], env, cwd=tmp_path / f"i{i}"))
+        for server, port in zip(servers, ports, strict=True):
+            await until_ready(server, f"http://127.0.0.1:{port}")
+        alerts = [{"labels": {"alertname": "Ha", "n": str(i)}} for i in range(200)]
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            for port in ports:  # as Prometheus does: the same batch to every "Alertmanager"
+                response = await client.post(f"http://127.0.0.1:{port}/api/v2/alerts", json=alerts)
+                assert response.status_code == 200, response.text
+
+        async def all_listed() -> bool:
+            return len(await asyncio.to_thread(am.alerts, None, 'alertname="Ha"')) == 200
+
+        await wait_until(all_listed, within=30, message="not every alert listed")
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            text = (await client.get(f"{am.url}/metrics")).text
+        received = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("alertmanager_alerts_received_total{")
+        )
+        assert 200 <= received <= 400
+        print(f"HA duplicates: Alertmanager received {received / 200:.2f} alerts per alert")
+    finally:
+        for server in servers:
+            server.__exit__(None, None, None)
