@@ -311,32 +311,32 @@ def _decode_alert(value: object) -> _Alert | None:
 _HOST_OK = set(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~!$&'()*+,;=:[]<>\""
 )
-_HEX = set("0123456789abcdefABCDEF")
+_BAD_ESCAPE_RE = re.compile(r"%(?![0-9a-fA-F]{2})")
+_ESCAPE_RE = re.compile(r"%([0-9a-fA-F])[0-9a-fA-F]")
+_HOST_BAD_RE = re.compile(
+    "["
+    + re.escape("".join(chr(c) for c in range(0x80) if chr(c) not in _HOST_OK and c != 0x25))
+    + "]"
+)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _SCHEME_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*")
 
 
 def _valid_escapes(text: str, *, host: bool) -> bool:
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char == "%":
-            if i + 2 >= len(text):
-                return False
-            if not (text[i + 1] in _HEX and text[i + 2] in _HEX):
-                return False
-            if host and text[i : i + 3] != "%25" and int(text[i + 1], 16) < 8:
-                return False
-            i += 3
-            continue
-        if host and ord(char) < 0x80 and char not in _HOST_OK:
-            return False
-        i += 1
-    return True
+    """Go's ``unescape``: every ``%`` starts two hex digits; in a host, only the characters
+    of ``shouldEscape(encodeHost)`` (ASCII) and no escape below ``%80`` but ``%25``."""
+    if "%" in text and _BAD_ESCAPE_RE.search(text):
+        return False
+    if not host:
+        return True
+    if _HOST_BAD_RE.search(text):
+        return False
+    return all(m.group(0) == "%25" or m.group(1) >= "8" for m in _ESCAPE_RE.finditer(text))
 
 
 def _go_request_uri(value: str) -> bool:
     """Whether Go's ``url.ParseRequestURI`` (go-openapi's ``uri`` format) accepts ``value``."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if _CONTROL_RE.search(value):
         return False
     rest = value
     scheme = ""
