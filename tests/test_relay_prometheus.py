@@ -102,7 +102,6 @@ def active(am: AlertmanagerProcess) -> bool:
         return False
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_prometheus_alert_is_active_again_within_10s_of_alertmanager_return(
     db_url: str,
     tmp_path: Path,
