@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test services lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,15 @@ run: $(VENV)/.installed-run
 	$(BIN)/alertq db upgrade
 	$(BIN)/alertq run
 
-## ruff, mypy, import contracts, then the whole pytest suite.
-test: $(VENV)/.installed-test lint
+## Bring up PostgreSQL, Alertmanager, Prometheus and Chromium where it can; ruff, mypy,
+## import contracts; then the whole pytest suite.
+test: services $(VENV)/.installed-test lint
 	$(BIN)/pytest
+
+## Start PostgreSQL if it is down; install the Debian packages the acceptance tests need
+## (as root with apt). Whatever stays missing, the tests name (and fail on with CI=true).
+services:
+	bash scripts/test-services.sh
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench

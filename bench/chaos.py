@@ -412,7 +412,7 @@ class WorkerPool:
 
     def log_counts(self) -> Counter[str]:
         """Events the workers logged: rows reclaimed after a lease expired, rows in POSTs
-        that timed out (the Alertmanager may have accepted them), failed cycles."""
+        that timed out (the Alertmanager may have accepted them), failed cycles, outages."""
         counts: Counter[str] = Counter()
         for path in self.logs:
             text = path.read_text(errors="replace")
@@ -422,6 +422,9 @@ class WorkerPool:
                 counts["timed_out_rows"] += _count_ids(match.group(1))
             counts["fenced_outcomes"] += sum(int(m) for m in FENCED_RE.findall(text))
             counts["failed_cycles"] += text.count("delivery cycle failed")
+            # A database outage is logged once when it starts (and once a minute), not per
+            # failed cycle: see alertq.db.DatabaseOutage.
+            counts["database_outages"] += text.count("database unreachable at")
         return counts
 
 

@@ -8,7 +8,7 @@ Two targets, both in-process on a throw-away PostgreSQL database:
   ``AlertWorker._record``). CPU per phase is exact only with one loop.
 - ``enqueue``: ``--samples`` caller transactions each calling ``enqueue_alert``; it
   reports the wall and CPU milliseconds of validation and of each driver call
-  (``insert_alert``, ``alerts_supersede_older``, ``notify_enqueued``).
+  (``alerts_insert``, ``alerts_supersede_older``, ``alerts_notify``).
 
 The timings wrap those methods in this process only (nothing in ``src/`` changes).
 ``--pyinstrument FILE`` also writes a pyinstrument profile of the measured part
@@ -131,7 +131,7 @@ async def run_worker(url: str, stub_url: str, concurrency: int) -> tuple[float, 
 
 
 def profile_worker(args: argparse.Namespace) -> None:
-    timed_async(driver.AlertDriver, "alerts_claim", "claim (alerts_claim)")
+    timed_async(driver.QueueDriver, "alerts_claim", "claim (alerts_claim)")
     timed_async(engine.AlertWorker, "_deliver_all", "deliver (_deliver_all)")
     timed_async(engine.AlertWorker, "_record", "record (_record)")
     with Stub() as stub, pg_database() as url:
@@ -176,9 +176,9 @@ async def run_enqueue(url: str, samples: int, warmup: int) -> float:
 def profile_enqueue(args: argparse.Namespace) -> None:
     timed_sync(enqueue, "validate_payload", "validate_payload")
     timed_sync(enqueue, "payload_fingerprint", "payload_fingerprint")
-    timed_async(driver.AlertDriver, "insert_alert", "insert_alert")
-    timed_async(driver.AlertDriver, "alerts_supersede_older", "alerts_supersede_older")
-    timed_async(driver.AlertDriver, "notify_enqueued", "notify_enqueued")
+    timed_async(driver.QueueDriver, "alerts_insert", "alerts_insert")
+    timed_async(driver.QueueDriver, "alerts_supersede_older", "alerts_supersede_older")
+    timed_async(driver.QueueDriver, "alerts_notify", "alerts_notify")
     with pg_database() as url, profiled(args.pyinstrument):
         total = asyncio.run(run_enqueue(url, args.samples, 100))
     print(f"\nenqueue_alert: {total / args.samples * 1000:.3f} ms mean wall per call")
@@ -189,9 +189,9 @@ def profile_enqueue(args: argparse.Namespace) -> None:
         [
             "validate_payload",
             "payload_fingerprint",
-            "insert_alert",
+            "alerts_insert",
             "alerts_supersede_older",
-            "notify_enqueued",
+            "alerts_notify",
         ],
     )
 

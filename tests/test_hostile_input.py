@@ -40,10 +40,11 @@ from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory, transaction
 from alertq.delivery import AlertmanagerClient
 from alertq.driver import get_alert_driver
-from alertq.engine import MISCONFIGURED_FLOOR, AlertWorker
+from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
 from alertq.models import CostSimAlertQueueModel, CostSimCBIncidentModel, CostSimCBStateModel
 from alertq.opsview import OpsContext
+from alertq.policy import MISCONFIGURED_FLOOR
 from tests.support import free_port
 from tests.support.alertmanager import AlertmanagerProcess
 from tests.support.clock import FakeClock

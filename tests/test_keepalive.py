@@ -16,9 +16,10 @@ from alertq.breaker import CircuitBreaker
 from alertq.config import Settings
 from alertq.db import transaction
 from alertq.delivery import AlertmanagerClient
-from alertq.driver import get_alert_driver, get_breaker_driver
-from alertq.engine import AlertWorker, keepalive_decision, keepalive_tick
+from alertq.driver import get_alert_driver, get_queue_driver
+from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
+from alertq.keepalive import keepalive_decision, keepalive_tick
 from alertq.models import CostSimAlertQueueModel, CostSimCBIncidentModel
 from tests.support.clock import FakeClock
 from tests.support.stub import StubAlertmanager
@@ -180,9 +181,9 @@ async def test_open_incident_is_resent_every_interval_with_a_fresh_ends_at(
     sent_at = row.sent_at
     before = keepalives_metric()
     h.clock.advance(30)
-    assert await h.worker.keepalive_once() == 0  # sent half an interval ago
+    assert await h.worker.keepalive.run_once() == 0  # sent half an interval ago
     h.clock.advance(30)
-    assert await h.worker.keepalive_once() == 1
+    assert await h.worker.keepalive.run_once() == 1
     assert keepalives_metric() == before + 1
     assert h.worker.stats.keepalives == 1
     (rearmed,) = await h.rows()
@@ -190,7 +191,7 @@ async def test_open_incident_is_resent_every_interval_with_a_fresh_ends_at(
     assert rearmed.delivered_to == [] and rearmed.created_at == h.clock.now
     assert parse(rearmed.payload[0]["endsAt"]) == h.clock.now + timedelta(seconds=240)
     assert rearmed.fingerprint == row.fingerprint
-    assert await h.worker.keepalive_once() == 0  # pending rows are left alone
+    assert await h.worker.keepalive.run_once() == 0  # pending rows are left alone
     assert await h.deliver() == 1
     first, second = stub.received_alerts()
     assert first["labels"] == second["labels"]
@@ -210,7 +211,7 @@ async def test_failed_firing_row_is_rearmed_too(harness: Harness, stub: StubAler
     assert row.status == "failed"
     stub.reset()
     h.clock.advance(60)
-    assert await h.worker.keepalive_once() == 1
+    assert await h.worker.keepalive.run_once() == 1
     assert await h.deliver() == 1
     (row,) = await h.rows()
     assert row.status == "sent" and row.attempts == 1
@@ -232,7 +233,7 @@ async def test_resolved_incident_resends_only_its_resolving_alert_for_the_retent
     rearms = 0
     for _ in range(10):  # 600 s, twice the 300 s retention
         h.clock.advance(60)
-        rearms += await h.worker.keepalive_once()
+        rearms += await h.worker.keepalive.run_once()
         await h.deliver()
     assert rearms == 4  # at 60, 120, 180 and 240 s after the resolution
     firing, resolving = await h.rows()
@@ -254,9 +255,9 @@ async def test_row_is_not_rearmed_once_a_newer_row_has_its_labels(harness: Harne
     async with transaction(h.factory) as s:
         await enqueue_alert(s, newer, "enable", "cb", firing.incident_id, now=h.clock.now)
     h.clock.advance(60)
-    assert await h.worker.keepalive_once() == 0
+    assert await h.worker.keepalive.run_once() == 0
     async with transaction(h.factory) as s:
-        assert not await get_breaker_driver(s).alerts_rearm(firing.id, firing.payload, h.clock.now)
+        assert not await get_queue_driver(s).alerts_rearm(firing.id, firing.payload, h.clock.now)
     assert (await h.rows())[0].status == "sent"
 
 
@@ -273,7 +274,7 @@ async def test_incident_records_first_acceptance_and_last_response(
     assert inc.alert_sent and first_sent_at == h.clock.now
     assert "accepted" in (inc.alert_response or "")
     h.clock.advance(60)
-    await h.worker.keepalive_once()
+    await h.worker.keepalive.run_once()
     stub.respond(503, "maintenance window")
     await h.deliver()
     inc = await h.incident(state.incident_id)
@@ -296,8 +297,8 @@ async def test_keepalive_skips_an_incident_locked_by_a_concurrent_reset(
             .with_for_update()
         )
         await other.execute(stmt)  # held like a reset in progress would
-        assert await asyncio.wait_for(h.worker.keepalive_once(), 10) == 0
-    assert await h.worker.keepalive_once() == 1
+        assert await asyncio.wait_for(h.worker.keepalive.run_once(), 10) == 0
+    assert await h.worker.keepalive.run_once() == 1
 
 
 async def test_running_worker_keeps_the_alert_alive(
@@ -343,7 +344,7 @@ async def test_a_day_long_incident_keeps_at_most_two_rows(
             short = await h.breaker.disable("short", "drift", "ops")
         if step == 180:
             await h.breaker.enable("short", "ops")
-        await h.worker.keepalive_once()
+        await h.worker.keepalive.run_once()
         await h.deliver()
         sends.append(h.clock.now)
         h.clock.advance(60)

@@ -2,16 +2,35 @@
 
 A payload is what ``POST /api/v2/alerts`` takes: a JSON array of alerts. alertq checks it
 when it is enqueued, more strictly than Alertmanager 0.25 does, so a row that enters the
-queue can never be refused for its content later (a refusal would dead-letter it):
+queue can never be refused for its content later (a refusal would dead-letter it). The
+promise is: **anything** ``enqueue_alert`` **accepts, Alertmanager 0.25 accepts**;
+``tests/test_payload_differential.py`` checks it against a real Alertmanager with the corpus
+in ``tests/support/payload_corpus.py``. The rules:
 
 * a non-empty list of at most :data:`MAX_ALERTS_PER_PAYLOAD` alerts, at most
   :data:`MAX_PAYLOAD_BYTES` as JSON;
 * each alert an object with only the keys in :data:`ALLOWED_ALERT_KEYS`;
 * ``labels`` a non-empty object that includes ``alertname``; label and annotation names
-  match ``[a-zA-Z_][a-zA-Z0-9_]*`` (Alertmanager's classic rule); values are strings,
-  label values non-empty (Alertmanager drops empty-valued labels before fingerprinting);
-* ``startsAt`` / ``endsAt`` RFC 3339 with a ``Z`` or ``±hh:mm`` offset, ``endsAt >= startsAt``;
-* ``generatorURL`` an absolute URI;
+  match ``[a-zA-Z_][a-zA-Z0-9_]*`` in ASCII (Alertmanager's classic rule); values are
+  strings, label values non-empty (Alertmanager drops empty-valued labels before
+  fingerprinting);
+* ``startsAt`` / ``endsAt`` RFC 3339 with ASCII digits, an upper-case ``T`` and a ``Z`` or
+  ``±hh:mm`` offset, ``endsAt >= startsAt``;
+* a ``startsAt`` later than ``now`` + :data:`FUTURE_STARTS_AT_TOLERANCE` needs an ``endsAt``.
+  Alertmanager sets a missing ``endsAt`` to *its* now + ``resolve_timeout`` and refuses the
+  alert ("start time must be before end time") when ``startsAt`` is later than that. alertq
+  cannot know the target's ``resolve_timeout``, and a row is delivered at or after its due
+  time ``now``, so Alertmanager's now only moves closer to ``startsAt``: with this rule the
+  alert is accepted by any Alertmanager whose ``resolve_timeout`` exceeds the tolerance
+  plus how far alertq's clock runs ahead of Alertmanager's. The tolerance only absorbs
+  clock skew between the producer and alertq; a scheduled alert must say when it ends.
+  ``now`` is the caller's (``enqueue_alert`` passes the row's due time); without one this
+  rule is not checked, which only builders whose alerts always carry ``endsAt`` rely on;
+* ``generatorURL`` an ``http``/``https`` URL with a host, or a path starting with a single
+  ``/`` (what Prometheus sends without an external URL). Anything else (``javascript:``,
+  ``data:``, ``file:``, network-path ``//host``, user info) is refused, since the
+  Alertmanager UI renders it as a link; so are whitespace, control characters and a ``%``
+  not followed by two hex digits, which Alertmanager refuses;
 * no two alerts with the same label set;
 * every string valid UTF-8 (no lone surrogates) without NUL, which PostgreSQL's
   ``jsonb`` cannot store.
@@ -22,18 +41,20 @@ Every violation raises :class:`InvalidAlertPayload`, and nothing else is raised.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 __all__ = [
     "ALLOWED_ALERT_KEYS",
     "BREAKER_ALERTNAME",
     "BREAKER_FIRING_TYPE",
     "BREAKER_RESOLVING_TYPE",
+    "FUTURE_STARTS_AT_TOLERANCE",
     "MAX_ALERTS_PER_PAYLOAD",
     "MAX_PAYLOAD_BYTES",
     "BreakerIncident",
@@ -41,6 +62,7 @@ __all__ = [
     "breaker_firing_payload",
     "breaker_labels",
     "breaker_resolved_payload",
+    "check_generator_url",
     "label_fingerprint",
     "parse_payload",
     "payload_fingerprint",
@@ -58,11 +80,27 @@ MAX_PAYLOAD_BYTES = 1_000_000
 ALLOWED_ALERT_KEYS = ("labels", "annotations", "startsAt", "endsAt", "generatorURL")
 """The keys of an alert, in the order the normalised copy has them."""
 
-_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+FUTURE_STARTS_AT_TOLERANCE = timedelta(seconds=5)
+"""How far past ``now`` a ``startsAt`` may be without an ``endsAt`` (clock skew, not scheduling)."""
+
+# Every pattern is ASCII-only: \d, \w and int() also take other scripts' digits
+# ("١٢٣٤"), which Go refuses.
+_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*", re.ASCII)
 # RFC 3339 as Go's time.RFC3339 parses it: upper-case T and Z, at most nanoseconds.
 _RFC3339_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(Z|([+-])([0-9]{2}):([0-9]{2}))",
+    re.ASCII,
 )
+_URL_SCHEME_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*):", re.ASCII)
+# host[:port]: a DNS-style name (non-ASCII allowed for IDNs) or a bracketed IPv6 literal.
+# Narrower than Go's url.Parse, which also takes sub-delims and %-escapes in a host.
+_URL_AUTHORITY_RE = re.compile(
+    r"(?:(?P<name>(?:[a-zA-Z0-9._~-]|[^\x00-\x7f])+)|\[(?P<ipv6>[0-9a-fA-F:.]+)\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+_BAD_PERCENT_RE = re.compile(r"%(?![0-9a-fA-F]{2})", re.ASCII)
+_USERINFO_RE = re.compile(r"//[^/?#]*@")
 _ECHO_MAX = 80
 
 _FNV64_OFFSET = 14695981039346656037
@@ -134,8 +172,8 @@ def _no_constant(name: str) -> Any:
     raise InvalidAlertPayload(f"not valid JSON: {name} is not a JSON value")
 
 
-def parse_payload(raw: str | bytes) -> list[dict[str, Any]]:
-    """Parse JSON text and :func:`validate_payload` it.
+def parse_payload(raw: str | bytes, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Parse JSON text and :func:`validate_payload` it (with ``now``).
 
     Raises :class:`InvalidAlertPayload` for text over :data:`MAX_PAYLOAD_BYTES`, invalid
     UTF-8, invalid JSON (including ``NaN`` / ``Infinity`` and duplicate object keys, which
@@ -173,13 +211,13 @@ def parse_payload(raw: str | bytes) -> list[dict[str, Any]]:
         # An integer literal longer than Python's int_max_str_digits (4300) is refused by
         # json.loads with a bare ValueError, not a JSONDecodeError.
         raise InvalidAlertPayload("not valid JSON: a number literal is too long") from None
-    return validate_payload(value)
+    return validate_payload(value, now=now)
 
 
 # ---------------------------------------------------------------------------- validation
 
 
-def _check_text(value: str, index: int, field: str, what: str) -> None:
+def _check_text(value: str, index: int | None, field: str, what: str) -> None:
     """Valid UTF-8 (no lone surrogates) and no NUL."""
     try:
         value.encode("utf-8")
@@ -271,31 +309,60 @@ def _parse_time(value: object, index: int, field: str) -> tuple[datetime, int]:
     return moment, nanos
 
 
-def _check_url(value: object, index: int) -> str:
+def check_generator_url(value: object) -> str:
+    """``value`` if it is a valid ``generatorURL`` (see the module docstring), for settings
+    that end up in one; else :class:`InvalidAlertPayload` (``field`` ``generatorURL``)."""
+    return _check_url(value, None)
+
+
+def _check_url(value: object, index: int | None) -> str:
+    """An ``http``/``https`` URL with a host, or a path starting with one ``/``."""
     field = "generatorURL"
     if not isinstance(value, str):
         raise InvalidAlertPayload(
-            f"must be an absolute URI string (got {_type(value)})", index=index, field=field
+            f"must be a URL string (got {_type(value)})", index=index, field=field
         )
     _check_text(value, index, field, "generatorURL")
-    bad = "must be an absolute URI with a scheme and host (e.g. https://host/path)"
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise InvalidAlertPayload(
-            f"{bad}; whitespace and control characters are not allowed: {_echo(value)}",
-            index=index,
-            field=field,
-        )
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises ValueError for a port out of range or not a number
-    except ValueError:
-        raise InvalidAlertPayload(f"{bad}: {_echo(value)}", index=index, field=field) from None
-    if not parts.scheme or not parts.netloc or not parts.hostname:
-        raise InvalidAlertPayload(f"{bad}: {_echo(value)}", index=index, field=field)
+    bad = "must be an http(s) URL with a host (e.g. https://host/path) or a path starting with /"
+
+    def refuse(why: str = "") -> InvalidAlertPayload:
+        shown = _echo(_USERINFO_RE.sub("//***@", value))  # a password never reaches a message
+        return InvalidAlertPayload(f"{bad}{why}: {shown}", index=index, field=field)
+
+    # Format characters (U+202E, zero-width ...) could disguise a link; Go refuses controls.
+    if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in value):
+        raise refuse("; whitespace and control characters are not allowed")
+    if _BAD_PERCENT_RE.search(value):
+        raise refuse("; every % must start an escape like %2F")
+    if value.startswith("/"):
+        # "//host" (and "/\\host", which browsers read alike) is a link to another host.
+        if value.startswith(("//", "/\\")):
+            raise refuse("; a path must start with a single /")
+        return value
+    scheme = _URL_SCHEME_RE.match(value)
+    if scheme is None or scheme.group(1).lower() not in ("http", "https"):
+        raise refuse()
+    rest = value[scheme.end() :]
+    if not rest.startswith("//"):
+        raise refuse()
+    # The authority ends at the first "/" or "?" (as Go's url.ParseRequestURI splits it).
+    authority = re.split(r"[/?]", rest[2:], maxsplit=1)[0]
+    if "@" in authority:
+        raise refuse("; user info (credentials) is not allowed")
+    match = _URL_AUTHORITY_RE.fullmatch(authority)
+    if match is None:
+        raise refuse()
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            raise refuse() from None
+    if match["port"] is not None and int(match["port"]) > 65535:
+        raise refuse()
     return value
 
 
-def _validate_alert(alert: object, index: int) -> dict[str, Any]:
+def _validate_alert(alert: object, index: int, now: datetime | None) -> dict[str, Any]:
     if not isinstance(alert, Mapping):
         raise InvalidAlertPayload(
             f"each alert must be a JSON object (got {_type(alert)})", index=index
@@ -340,19 +407,35 @@ def _validate_alert(alert: object, index: int) -> dict[str, Any]:
             index=index,
             field="endsAt",
         )
+    if starts is not None and ends is None and now is not None:
+        latest = now.astimezone(UTC) + FUTURE_STARTS_AT_TOLERANCE
+        if starts > (latest.replace(microsecond=0), latest.microsecond * 1000):
+            raise InvalidAlertPayload(
+                f"startsAt ({result['startsAt']}) is more than "
+                f"{FUTURE_STARTS_AT_TOLERANCE.total_seconds():g}s in the future: give an endsAt "
+                "(Alertmanager refuses a future startsAt once it is past its resolve_timeout)",
+                index=index,
+                field="startsAt",
+            )
 
     if alert.get("generatorURL") is not None:
         result["generatorURL"] = _check_url(alert["generatorURL"], index)
     return result
 
 
-def validate_payload(payload: object) -> list[dict[str, Any]]:
+def validate_payload(payload: object, *, now: datetime | None = None) -> list[dict[str, Any]]:
     """Check ``payload`` against the rules above; return a normalised copy.
+
+    ``now`` (aware) is when the alerts will be sent at the earliest: a ``startsAt`` more
+    than :data:`FUTURE_STARTS_AT_TOLERANCE` after it needs an ``endsAt``. Without ``now``
+    that one rule is skipped. A naive ``now`` is a programming error: :class:`ValueError`.
 
     The copy holds plain ``dict`` / ``list`` / ``str`` only, each alert with only the keys
     that were present (and not null) among :data:`ALLOWED_ALERT_KEYS`, in that order.
     Raises :class:`InvalidAlertPayload` (and nothing else) naming the first violation.
     """
+    if now is not None and now.tzinfo is None:
+        raise ValueError(f"naive datetime {now!r}: pass an aware UTC datetime")
     if not isinstance(payload, list | tuple):
         raise InvalidAlertPayload(f"must be a JSON array of alerts (got {_type(payload)})")
     if not payload:
@@ -364,7 +447,7 @@ def validate_payload(payload: object) -> list[dict[str, Any]]:
     alerts: list[dict[str, Any]] = []
     seen: dict[frozenset[tuple[str, str]], int] = {}
     for index, raw_alert in enumerate(payload):
-        alert = _validate_alert(raw_alert, index)
+        alert = _validate_alert(raw_alert, index, now)
         label_set = frozenset(alert["labels"].items())
         first = seen.setdefault(label_set, index)
         if first != index:

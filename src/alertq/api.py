@@ -17,19 +17,23 @@ import json
 import logging
 import math
 import reprlib
-import secrets
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.routing import Match
+from starlette.types import Scope
 
-from alertq import metrics, ops, relay
+from alertq import limits, metrics, ops, relay
 from alertq.config import parse_duration
+from alertq.httpguard import RequestGuard, check_bearer
 from alertq.models import AlertStatus
 from alertq.opsview import DatabaseUnavailable, OpsContext, describe_db_error
 from alertq.schemas import (
@@ -60,10 +64,15 @@ __all__ = ["create_app", "require_token"]
 
 log = logging.getLogger("alertq.api")
 
-MAX_ALERT_ID = 2**63 - 1
+MAX_ALERT_ID = limits.MAX_ALERT_ID
 ECHO_LIMIT = 200
+MAX_PAGE = limits.MAX_PAGE
+"""The largest ``limit`` of a list endpoint."""
+MAX_CURSOR = 200
+CURSOR_PATTERN = r"^[^\x00]+$"
+"""Non-empty, without NUL (PostgreSQL refuses NUL in text: a 503 instead of a 422)."""
 """At most this many characters of a refused input are echoed in a 422."""
-BREAKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}$"
+BREAKER_NAME_PATTERN = limits.NAME_PATTERN  # one rule for the CLI, API and Python API
 
 
 def _context(request: Request) -> OpsContext:
@@ -83,19 +92,17 @@ async def require_token(
     context: Ctx,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """Let a mutation through only with the configured bearer token."""
-    token = context.settings.api_token
-    if token is None:
-        raise HTTPException(
-            403, "mutating endpoints are disabled: set ALERTQ_API_TOKEN to enable them"
-        )
-    given = credentials.credentials.encode() if credentials is not None else b""
-    if not secrets.compare_digest(given, token.get_secret_value().encode()):
-        raise HTTPException(
-            401,
-            "a valid 'Authorization: Bearer <ALERTQ_API_TOKEN>' header is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """Let a mutation through only with the configured bearer token.
+
+    :class:`~alertq.httpguard.RequestGuard` already refused a wrong token before the body
+    was read, for every route that depends on this; this is the same check again, so a
+    route is safe even where the middleware is not installed."""
+    header = f"Bearer {credentials.credentials}" if credentials is not None else None
+    refused = check_bearer(context.settings, header)
+    if refused is not None:
+        status, detail = refused
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        raise HTTPException(status, detail, headers=headers)
 
 
 Authorized = Depends(require_token)
@@ -111,10 +118,15 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The body is not UTF-8 JSON."},
     401: {"model": Problem, "description": "Missing or wrong bearer token."},
     403: {"model": Problem, "description": "Mutations are disabled (no ALERTQ_API_TOKEN)."},
+    413: {"model": Problem, "description": "The body is over ALERTQ_MAX_REQUEST_BYTES."},
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}}
 _DB_DOWN: dict[int | str, dict[str, Any]] = {
     503: {"model": Problem, "description": "The database did not answer."}
+}
+_FRONT_DOOR: dict[int | str, dict[str, Any]] = {
+    413: {"model": Problem, "description": "The body is over ALERTQ_MAX_REQUEST_BYTES."},
+    414: {"model": Problem, "description": "The path and query are over 4 KiB."},
 }
 
 
@@ -124,7 +136,7 @@ def create_app(context: OpsContext) -> FastAPI:
         title="alertq ops API",
         version="1",
         summary="Queue stats, retries, purges and circuit breakers of an alertq deployment.",
-        responses={**_DB_DOWN},
+        responses={**_DB_DOWN, **_FRONT_DOOR},
     )
     app.state.context = context
 
@@ -148,7 +160,39 @@ def create_app(context: OpsContext) -> FastAPI:
 
     _routes(app)
     app.include_router(relay.router)
+    app.add_middleware(
+        RequestGuard, settings=lambda: _context_of(app).settings, needs_token=_needs_token(app)
+    )
     return app
+
+
+def _context_of(app: FastAPI) -> OpsContext:
+    context: OpsContext = app.state.context
+    return context
+
+
+def _needs_token(app: FastAPI) -> Callable[[Scope], bool]:
+    """Whether a request goes to a route that depends on :func:`require_token` (directly
+    or through its router), read from the routes themselves, so routes added later are
+    covered too."""
+
+    def guarded(route: APIRoute) -> bool:
+        pending = list(route.dependant.dependencies)
+        while pending:
+            dep = pending.pop()
+            if dep.call is require_token:
+                return True
+            pending.extend(dep.dependencies)
+        return False
+
+    def check(scope: Scope) -> bool:
+        for route in app.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return isinstance(route, APIRoute) and guarded(route)
+        return False
+
+    return check
 
 
 def _routes(app: FastAPI) -> None:
@@ -253,10 +297,21 @@ def _routes(app: FastAPI) -> None:
         return PurgeResult(deleted=deleted, cutoff=cutoff)
 
     @app.get("/api/breakers", response_model=list[Breaker], tags=["breakers"])
-    async def list_breakers(context: Ctx) -> list[Breaker]:
-        """Every circuit breaker, by name."""
+    async def list_breakers(
+        context: Ctx,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        after: Annotated[
+            str | None,
+            Query(
+                max_length=MAX_CURSOR,
+                pattern=CURSOR_PATTERN,
+                description="Breakers after this name: the last one of the previous page.",
+            ),
+        ] = None,
+    ) -> list[Breaker]:
+        """Circuit breakers by name, keyset-paginated: a full page means there may be more."""
         now = context.clock()
-        return [to_breaker(s, now) for s in await context.breaker.list_states()]
+        return [to_breaker(s, now) for s in await context.breaker.list_states(after, limit)]
 
     @app.post(
         "/api/breakers/{name}/trip",
@@ -311,10 +366,19 @@ def _routes(app: FastAPI) -> None:
             str | None, Query(pattern=BREAKER_NAME_PATTERN, description="Only this breaker.")
         ] = None,
         include_resolved: bool = False,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        before: Annotated[
+            str | None,
+            Query(
+                max_length=MAX_CURSOR,
+                pattern=CURSOR_PATTERN,
+                description="Incidents listed after this id: the last one of the previous page.",
+            ),
+        ] = None,
     ) -> list[Incident]:
-        """Incidents newest first: open ones, or all with ``include_resolved``."""
-        views = await context.breaker.list_incidents(breaker, include_resolved, limit)
+        """Incidents newest first: open ones, or all with ``include_resolved``;
+        keyset-paginated, a full page means there may be more."""
+        views = await context.breaker.list_incidents(breaker, include_resolved, limit, before)
         return [to_incident(v) for v in views]
 
     @app.get("/healthz", response_model=Liveness, tags=["probes"])
@@ -425,5 +489,7 @@ def _echo(value: Any, limit: int) -> Any:
 
 
 def _actor(request: Request) -> str:
+    """``api@<client address>``: the peer, or what a trusted proxy forwarded (resolved by
+    :class:`~alertq.httpguard.RequestGuard`, which accepts only IP addresses)."""
     client = request.client.host if request.client is not None else "unknown"
     return f"api@{client}"

@@ -15,7 +15,9 @@ so any number of replicas may report and check at once:
 Both alerts are built from the incident by :mod:`alertq.alerts` with identical labels, so
 Alertmanager resolves exactly the alert it was firing. Keeping the firing alert alive in
 Alertmanager while the incident is open is the engine's job (see
-:meth:`alertq.engine.AlertWorker.keepalive_once`).
+:class:`alertq.keepalive.KeepaliveService`). Recording that an incident's alert was
+delivered is this module's :data:`INCIDENT_RECORD_HOOK`, which the worker calls after
+each record.
 
 Incident ids are the first 12 hex characters of a uuid4, as in the legacy system.
 """
@@ -24,15 +26,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alertq import metrics
+from alertq import limits, metrics
 from alertq.alerts import (
     BREAKER_FIRING_TYPE,
     BREAKER_RESOLVING_TYPE,
@@ -41,13 +43,18 @@ from alertq.alerts import (
 )
 from alertq.config import Settings
 from alertq.db import transaction
+from alertq.delivery import TargetResult
 from alertq.driver import BreakerDriver, get_breaker_driver
 from alertq.enqueue import enqueue_alert
-from alertq.models import CostSimCBIncidentModel, CostSimCBStateModel
+from alertq.hooks import Recorded, RecordHook
+from alertq.models import CostSimCBIncidentModel, CostSimCBStateModel, utcnow
+from alertq.policy import Verdict
 
 __all__ = [
     "FIRING_ALERT_TYPE",
+    "INCIDENT_RECORD_HOOK",
     "RESOLVING_ALERT_TYPE",
+    "BreakerCounts",
     "BreakerState",
     "CircuitBreaker",
     "IncidentView",
@@ -66,10 +73,6 @@ TTL_ACTOR = "ttl"
 TTL_NOTES = "disable TTL expired"
 SCHEMA_ERROR_SEVERITY = "P2"
 MANUAL_SEVERITY = "P3"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,15 @@ class IncidentView:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BreakerCounts:
+    """Totals the bounded lists leave out: breakers, open breakers, open incidents."""
+
+    breakers: int
+    open_breakers: int
+    open_incidents: int
+
+
 def severity_for_drift(drift_score: float, settings: Settings) -> str:
     """``P1`` at or above ``severity_p1_drift``, ``P2`` at or above ``severity_p2_drift``,
     else ``P3``."""
@@ -208,6 +220,9 @@ class CircuitBreaker:
         Reports while the breaker is open change nothing. (In every transition, a breaker
         whose ``disabled_until`` has passed is first closed, as :meth:`is_disabled` would.)
         """
+        limits.check_name(name)
+        drift_score = limits.check_drift_score(drift_score, "drift_score")
+        limits.check_count(sample_count, "sample_count", 1, limits.MAX_SAMPLE_COUNT)
         async with self._transaction(session) as s:
             driver = get_breaker_driver(s)
             now = self.clock()
@@ -215,10 +230,10 @@ class CircuitBreaker:
             if row.disabled:
                 return BreakerState.from_row(row)
             if drift_score <= self.settings.drift_threshold:
-                await driver.state_update(row.id, consecutive_failures=0, updated_at=now)
+                await driver.states_update(row.id, consecutive_failures=0, updated_at=now)
             else:
                 failures = row.consecutive_failures + 1
-                await driver.state_update(
+                await driver.states_update(
                     row.id, consecutive_failures=failures, last_failure_at=now, updated_at=now
                 )
                 if failures >= self.settings.failure_threshold:
@@ -248,13 +263,15 @@ class CircuitBreaker:
     ) -> BreakerState:
         """Report ``error_count`` schema errors seen at once; ``schema_error_threshold`` or
         more trip the breaker (severity P2). Fewer only record ``last_failure_at``."""
+        limits.check_name(name)
+        limits.check_count(error_count, "error_count", 0, limits.MAX_ERROR_COUNT)
         async with self._transaction(session) as s:
             driver = get_breaker_driver(s)
             now = self.clock()
             row = await self._lock_current(s, driver, name, now)
             if row.disabled or error_count <= 0:
                 return BreakerState.from_row(row)
-            await driver.state_update(row.id, last_failure_at=now, updated_at=now)
+            await driver.states_update(row.id, last_failure_at=now, updated_at=now)
             if error_count >= self.settings.schema_error_threshold:
                 trip = _Trip(
                     reason=(
@@ -281,6 +298,8 @@ class CircuitBreaker:
     ) -> BreakerState:
         """Open the breaker by hand (severity P3) until ``disabled_until``, or until enabled
         when None. Idempotent: an open breaker stays as it is (same incident, no alert)."""
+        limits.check_name(name)
+        limits.check_text(reason, "reason")
         if disabled_until is not None and disabled_until.tzinfo is None:
             raise ValueError(f"naive datetime {disabled_until!r}: pass an aware UTC datetime")
         async with self._transaction(session) as s:
@@ -310,6 +329,8 @@ class CircuitBreaker:
         Idempotent: a closed breaker stays as it is (no alert). An unknown name creates
         the breaker, closed.
         """
+        limits.check_name(name)
+        limits.check_optional_text(reason, "reason")
         async with self._transaction(session) as s:
             driver = get_breaker_driver(s)
             now = self.clock()
@@ -328,14 +349,14 @@ class CircuitBreaker:
         """
         now = self.clock()
         async with transaction(self.session_factory) as s:
-            row = await get_breaker_driver(s).state_get(name)
+            row = await get_breaker_driver(s).states_get(name)
             if row is None or not row.disabled:
                 return False
             if not _expired(row, now):
                 return True
         async with transaction(self.session_factory) as s:
             driver = get_breaker_driver(s)
-            row = await driver.state_lock(name)
+            row = await driver.states_lock(name)
             if row is None or not row.disabled:
                 return False  # another caller recovered it
             now = self.clock()
@@ -350,20 +371,46 @@ class CircuitBreaker:
     async def get_state(self, name: str) -> BreakerState | None:
         """The breaker's stored state, or None if it was never used. Never recovers."""
         async with transaction(self.session_factory) as s:
-            row = await get_breaker_driver(s).state_get(name)
+            row = await get_breaker_driver(s).states_get(name)
             return None if row is None else BreakerState.from_row(row)
 
-    async def list_states(self) -> list[BreakerState]:
-        """Every breaker's stored state, by name."""
+    async def list_states(
+        self, after: str | None = None, limit: int | None = None
+    ) -> list[BreakerState]:
+        """Breakers' stored states by name: after ``after`` (a keyset cursor), at most
+        ``limit`` (all without one: the CLI's report)."""
         async with transaction(self.session_factory) as s:
-            return [BreakerState.from_row(r) for r in await get_breaker_driver(s).state_list()]
+            rows = await get_breaker_driver(s).states_list(after, limit)
+            return [BreakerState.from_row(r) for r in rows]
+
+    async def list_expired(self, limit: int) -> list[BreakerState]:
+        """Up to ``limit`` breakers still disabled though their ``disabled_until`` passed
+        (due for TTL recovery by :meth:`is_disabled`)."""
+        async with transaction(self.session_factory) as s:
+            rows = await get_breaker_driver(s).states_list_expired(self.clock(), limit)
+            return [BreakerState.from_row(r) for r in rows]
+
+    async def counts(self) -> BreakerCounts:
+        """How many breakers there are, how many are open now, how many incidents open."""
+        async with transaction(self.session_factory) as s:
+            total, open_now, incidents = await get_breaker_driver(s).states_counts(self.clock())
+            return BreakerCounts(total, open_now, incidents)
 
     async def list_incidents(
-        self, name: str | None = None, include_resolved: bool = False, limit: int = 100
+        self,
+        name: str | None = None,
+        include_resolved: bool = False,
+        limit: int = 100,
+        before: str | None = None,
     ) -> list[IncidentView]:
-        """Incidents newest first: open ones, or all with ``include_resolved``."""
+        """Incidents newest first: open ones, or all with ``include_resolved``; at most
+        ``limit`` (1 to :data:`~alertq.limits.MAX_LIST_LIMIT`); with ``before`` (an
+        incident id) those listed after that one."""
+        if name is not None:
+            limits.check_name(name)
+        limits.check_count(limit, "limit", 1, limits.MAX_LIST_LIMIT)
         async with transaction(self.session_factory) as s:
-            rows = await get_breaker_driver(s).incident_list(name, include_resolved, limit)
+            rows = await get_breaker_driver(s).incidents_list(name, include_resolved, limit, before)
             return [IncidentView.from_row(r) for r in rows]
 
     # ------------------------------------------------------------------ internals
@@ -384,10 +431,10 @@ class CircuitBreaker:
         """The state row, created on first use (race-free) and locked."""
         if not name or not name.strip():
             raise ValueError("a circuit breaker needs a non-empty name")
-        row = await driver.state_lock(name)
+        row = await driver.states_lock(name)
         if row is None:
-            await driver.state_ensure(name, now)
-            row = await driver.state_lock(name)
+            await driver.states_ensure(name, now)
+            row = await driver.states_lock(name)
         assert row is not None
         return row
 
@@ -402,7 +449,7 @@ class CircuitBreaker:
         return row
 
     async def _state(self, driver: BreakerDriver, name: str) -> BreakerState:
-        row = await driver.state_get(name)
+        row = await driver.states_get(name)
         assert row is not None
         metrics.BREAKER_OPEN.labels(name).set(1 if row.disabled else 0)
         return BreakerState.from_row(row)
@@ -444,7 +491,7 @@ class CircuitBreaker:
             runbook_url=self.settings.runbook_url,
             generator_url=self.settings.generator_url,
         )
-        incident = await driver.incident_insert(
+        incident = await driver.incidents_insert(
             id=incident_id,
             circuit_breaker_name=row.name,
             timestamp=now,
@@ -456,7 +503,7 @@ class CircuitBreaker:
             resolved=False,
             alert_sent=False,
         )
-        await driver.state_update(
+        await driver.states_update(
             row.id,
             disabled=True,
             disabled_by=trip.disabled_by,
@@ -472,6 +519,7 @@ class CircuitBreaker:
             row.name,
             incident.id,
             now=now,
+            max_attempts=self.settings.max_attempts,
             notify_throttle=self.settings.notify_throttle,
         )
 
@@ -485,7 +533,7 @@ class CircuitBreaker:
         notes: str | None,
     ) -> None:
         """Resolve the open incident, close the breaker and enqueue the resolving alert."""
-        incident = None if row.incident_id is None else await driver.incident_get(row.incident_id)
+        incident = None if row.incident_id is None else await driver.incidents_get(row.incident_id)
         payload = None
         if incident is not None and not incident.resolved:
             resolved = replace(
@@ -501,8 +549,8 @@ class CircuitBreaker:
                 runbook_url=self.settings.runbook_url,
                 generator_url=self.settings.generator_url,
             )
-            await driver.incident_resolve(incident.id, now, resolved_by, notes)
-        await driver.state_update(
+            await driver.incidents_resolve(incident.id, now, resolved_by, notes)
+        await driver.states_update(
             row.id,
             disabled=False,
             disabled_by=None,
@@ -520,9 +568,43 @@ class CircuitBreaker:
                 row.name,
                 incident.id,
                 now=now,
+                max_attempts=self.settings.max_attempts,
                 notify_throttle=self.settings.notify_throttle,
             )
 
 
 def _expired(row: CostSimCBStateModel, now: datetime) -> bool:
     return row.disabled_until is not None and row.disabled_until <= now
+
+
+async def _record_incident_outcomes(
+    session: AsyncSession, recorded: Sequence[Recorded], now: datetime
+) -> None:
+    """Keep incidents in step with their alerts' delivery (a record hook).
+
+    The first accepted firing alert sets ``alert_sent`` (once); every delivery attempt of
+    an incident's alert stores Alertmanager's answer in ``alert_response``.
+    """
+    driver = get_breaker_driver(session)
+    for r in recorded:
+        if (
+            r.row.incident_id is not None
+            and r.row.alert_type == FIRING_ALERT_TYPE
+            and r.decision.verdict is Verdict.SENT
+        ):
+            await driver.incidents_mark_alert_sent(
+                r.row.incident_id, now, _response_summary(r.results)
+            )
+    for r in recorded:
+        if r.row.incident_id is not None and r.results:
+            await driver.incidents_record_response(r.row.incident_id, _response_summary(r.results))
+
+
+INCIDENT_RECORD_HOOK: RecordHook = _record_incident_outcomes
+"""The breaker's record hook; :class:`alertq.engine.AlertWorker` runs it by default."""
+
+
+def _response_summary(results: Sequence[TargetResult]) -> str:
+    return "; ".join(
+        f"{r.target}: {'accepted' if r.ok else r.error} (HTTP {r.status_code})" for r in results
+    )[:1000]

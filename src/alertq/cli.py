@@ -1,39 +1,133 @@
-"""The ``alertq`` command line."""
+"""The ``alertq`` command line.
+
+Two rules hold for every command, enforced here once rather than per command:
+
+* Output never interprets what it prints: the consoles have Rich markup, emoji codes and
+  highlighting off, and styling is applied with :class:`~rich.text.Text` objects, so a
+  breaker reason or a label containing ``[/]`` prints verbatim.
+* Errors are one line on stderr. Bad arguments exit 2 naming the argument (the rules are
+  :mod:`alertq.limits`, shared with the API and the Python API); a database that cannot be
+  reached exits 1 with its URL, password hidden; anything else unexpected exits 1 with its
+  type and first line. ``alertq --debug ...`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import re
 import signal
+import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import DBAPIError
 
-from alertq import migrate, ops
-from alertq.alerts import InvalidAlertPayload, parse_payload
+# Typer ships its own copy of click; its usage errors are these classes, not click's.
+from typer._click.exceptions import ClickException, UsageError
+
+from alertq import limits, migrate, ops
+from alertq.alerts import MAX_PAYLOAD_BYTES, InvalidAlertPayload, parse_payload
 from alertq.breaker import BreakerState, CircuitBreaker
-from alertq.config import Settings, parse_duration
-from alertq.db import create_engine, create_session_factory, transaction
+from alertq.config import Settings
+from alertq.db import (
+    DatabaseUnreachable,
+    create_engine,
+    create_session_factory,
+    redacted_url,
+    transaction,
+)
 from alertq.engine import AlertWorker
-from alertq.enqueue import enqueue_alert
+from alertq.enqueue import check_enqueue_args, enqueue_alert
 from alertq.logs import configure_logging
 
 T = TypeVar("T")
 
-app = typer.Typer(help="alertq: deliver alerts to Prometheus Alertmanager, durably.")
+app = typer.Typer(
+    help="alertq: deliver alerts to Prometheus Alertmanager, durably.",
+    # Tracebacks only with --debug, and then plain ones: Rich's show local variables,
+    # which include the database URL and its password.
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema.")
 app.add_typer(db_app, name="db")
-console = Console()
-err = Console(stderr=True)
+
+
+# C0 and C1 control characters (ESC, BEL, CR, ...) and DEL: a reason containing them could
+# rewrite the operator's terminal or forge lines of output.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``, ``\\n``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class PlainConsole(Console):
+    """A console that prints every string as it is: never markup, emoji codes or
+    highlighting, and control characters escaped. Table cells, titles and captions are
+    strings rendered through :meth:`render_str`, so this covers them too; styling is only
+    ever applied with :class:`~rich.text.Text` objects built here."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        super().__init__(stderr=stderr, markup=False, emoji=False, highlight=False)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(visible(text), **kwargs)
+
+
+def _plain_console(*, stderr: bool = False) -> Console:
+    return PlainConsole(stderr=stderr)
+
+
+console = _plain_console()
+err = _plain_console(stderr=True)
+OPEN = Text("OPEN", style="red")
+CLOSED = Text("closed", style="green")
+
+
+class _Options:
+    debug = False
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks instead of one-line errors."
+    ),
+) -> None:
+    """alertq: deliver alerts to Prometheus Alertmanager, durably."""
+    _Options.debug = debug
+
+
+def say_error(message: str) -> None:
+    """One line on stderr, printed verbatim (control characters shown escaped)."""
+    sys.stderr.write(f"alertq: {visible(message)}\n")
+    sys.stderr.flush()
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``message`` as one line and exit ``code`` (2: bad input)."""
+    say_error(message)
+    raise typer.Exit(code)
+
+
+def checked(flag: str, check: Callable[..., T], *args: Any) -> T:
+    """``check(*args)`` (a :mod:`alertq.limits` rule); a ValueError exits 2 naming ``flag``."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        fail(f"invalid {flag}: {exc}")
 
 
 def load_settings() -> Settings:
@@ -41,8 +135,69 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        err.print(f"[red]invalid configuration:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        fail(f"invalid configuration: {problems}")
+
+
+# Failures to connect: refused, timed out, or no such host. (A driver error after
+# connecting, e.g. no such table or a missing SQLite directory, is a "database error".)
+_UNREACHABLE = (ConnectionError, TimeoutError, socket.gaierror)
+
+
+def _first_line(exc: BaseException) -> str:
+    cause: BaseException = exc
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        # The driver's own exception (asyncpg's names say what went wrong) over the adapter's.
+        cause = exc.orig.__cause__ or exc.orig
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _database_url() -> str:
+    try:
+        return redacted_url(Settings().database_url)
+    except Exception:
+        return "<the configured database>"
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The entry point every command goes through: turns exceptions into one line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = app(args=args, prog_name="alertq", standalone_mode=False)
+    except UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "alertq"
+        say_error(f"{exc.format_message()} (see '{where} --help')")
+        code = 2
+    except ClickException as exc:
+        say_error(exc.format_message())
+        code = exc.exit_code
+    except typer.Abort:
+        say_error("aborted")
+        code = 130
+    except DatabaseUnreachable as exc:
+        if _Options.debug:
+            raise
+        say_error(str(exc))
+        code = 1
+    except _UNREACHABLE as exc:
+        if _Options.debug:
+            raise
+        say_error(f"cannot reach the database at {_database_url()}: {_first_line(exc)}")
+        code = 1
+    except DBAPIError as exc:  # no such database or table, bad password, unopenable file, ...
+        if _Options.debug:
+            raise
+        say_error(f"database error at {_database_url()}: {_first_line(exc)}")
+        code = 1
+    except Exception as exc:
+        if _Options.debug:
+            raise
+        say_error(f"failed: {_first_line(exc)} (run 'alertq --debug ...' for the traceback)")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def run_with_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -83,6 +238,9 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+MAX_CONCURRENCY = 1000
+
+
 @app.command()
 def worker(
     concurrency: int | None = typer.Option(None, help="Delivery loops (default: settings)."),
@@ -91,6 +249,8 @@ def worker(
     ),
 ) -> None:
     """Deliver queued alerts until SIGTERM/SIGINT (or, with --drain, until the queue is idle)."""
+    if concurrency is not None:
+        checked("--concurrency", limits.check_count, concurrency, "concurrency", 1, MAX_CONCURRENCY)
     settings = load_settings()
     if concurrency is not None:
         settings = settings.model_copy(update={"concurrency": concurrency})
@@ -114,6 +274,8 @@ def run(
     """Deliver alerts and serve the status page, /metrics and the ops API, until SIGTERM."""
     from alertq.runner import run_service  # imports FastAPI and uvicorn: only when needed
 
+    if concurrency is not None:
+        checked("--concurrency", limits.check_count, concurrency, "concurrency", 1, MAX_CONCURRENCY)
     settings = load_settings()
     updates: dict[str, Any] = {}
     if http_addr is not None:
@@ -127,6 +289,34 @@ def run(
         raise typer.Exit(code)
 
 
+def read_payload_file(file: Path) -> bytes:
+    """The file's bytes (``-``: stdin), reading at most one byte more than a payload may
+    have, so ``/dev/zero`` or a huge file is refused without being read to the end."""
+    try:
+        if str(file) == "-":
+            raw = sys.stdin.buffer.read(MAX_PAYLOAD_BYTES + 1)
+        else:
+            with file.open("rb") as f:
+                raw = f.read(MAX_PAYLOAD_BYTES + 1)
+    except OSError as exc:
+        fail(f"invalid --file: cannot read {file}: {exc.strerror or type(exc).__name__}")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        fail(f"invalid --file: {file} is larger than {MAX_PAYLOAD_BYTES} bytes, the payload limit")
+    return raw
+
+
+_ENQUEUE_FLAGS = {
+    "alert_type": "--type",
+    "circuit_breaker_name": "--breaker",
+    "incident_id": "--incident",
+}
+
+
+def _enqueue_error(exc: InvalidAlertPayload) -> NoReturn:
+    flag = _ENQUEUE_FLAGS.get(exc.field or "") if exc.index is None else None
+    fail(f"invalid {flag}: {exc}" if flag else f"invalid payload: {exc}")
+
+
 @app.command()
 def enqueue(
     file: Path = typer.Option(..., "--file", exists=False, help="JSON payload: a list of alerts."),
@@ -135,16 +325,12 @@ def enqueue(
     breaker: str | None = typer.Option(None, "--breaker", help="Circuit breaker name."),
 ) -> None:
     """Validate a payload file and enqueue it; prints the new row id. Exit 2 if invalid."""
-    settings = load_settings()
     try:
-        raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
-        payload = parse_payload(raw)
-    except OSError as exc:
-        err.print(f"cannot read {file}: {exc.strerror}")
-        raise typer.Exit(2) from exc
+        check_enqueue_args(alert_type, breaker, incident)
+        payload = parse_payload(read_payload_file(file))
     except InvalidAlertPayload as exc:
-        err.print(f"invalid payload: {exc}")
-        raise typer.Exit(2) from exc
+        _enqueue_error(exc)
+    settings = load_settings()
 
     async def work(factory: Any) -> int:
         async with transaction(factory) as session:
@@ -154,8 +340,7 @@ def enqueue(
     try:
         typer.echo(run_with_db(settings, work))
     except InvalidAlertPayload as exc:
-        err.print(f"invalid payload: {exc}")
-        raise typer.Exit(2) from exc
+        _enqueue_error(exc)
 
 
 @app.command()
@@ -219,9 +404,12 @@ def stats(
 
 @app.command("retry-failed")
 def retry_failed(
-    max_retries: int = typer.Option(3, "--max-retries", min=1, help="Extra attempts to give."),
+    max_retries: int = typer.Option(
+        3, "--max-retries", help=f"Extra attempts to give (1 to {limits.MAX_RETRIES})."
+    ),
 ) -> None:
     """Put failed rows back in the queue with more attempts."""
+    checked("--max-retries", limits.check_count, max_retries, "max_retries", 1, limits.MAX_RETRIES)
     settings = load_settings()
     count = run_with_db(settings, lambda f: ops.retry_failed(f, max_retries))
     typer.echo(f"{count} rows queued again")
@@ -229,22 +417,18 @@ def retry_failed(
 
 @app.command()
 def purge(
-    older_than: str = typer.Option(..., "--older-than", help="Age, e.g. 30d, 12h."),
+    older_than: str = typer.Option(..., "--older-than", help=f"Age: {limits.DURATION_HELP}."),
     status: str = typer.Option(
         "sent,failed,superseded", "--status", help="Comma-separated statuses to delete."
     ),
 ) -> None:
     """Delete old finished rows in batches, showing progress."""
+    age = checked("--older-than", limits.parse_duration, older_than)
+    statuses = checked(
+        "--status", limits.check_purge_statuses, [s.strip() for s in status.split(",")]
+    )
     settings = load_settings()
-    try:
-        cutoff = datetime.now(UTC) - parse_duration(older_than)
-    except ValueError as exc:
-        err.print(str(exc))
-        raise typer.Exit(2) from exc
-    statuses = [s.strip() for s in status.split(",") if s.strip()]
-    if "pending" in statuses:
-        err.print("refusing to purge pending rows: they have not been delivered")
-        raise typer.Exit(2)
+    cutoff = datetime.now(UTC) - age
 
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
@@ -283,7 +467,7 @@ def _breaker_table(states: list[BreakerState]) -> Table:
     for st in states:
         table.add_row(
             st.name,
-            "[red]OPEN[/red]" if st.disabled else "[green]closed[/green]",
+            OPEN if st.disabled else CLOSED,
             _when(st.updated_at),
             _when(st.disabled_until),
             st.disabled_by or "",
@@ -304,12 +488,19 @@ def _run_breaker(settings: Settings, work: Callable[[CircuitBreaker], Awaitable[
     return run_with_db(settings, lambda factory: work(CircuitBreaker(settings, factory)))
 
 
+def _name(value: str) -> str:
+    """A breaker name, by the one rule the API and the Python API also apply."""
+    return checked("NAME", limits.check_name, value, "name")
+
+
 @breaker_app.command("status")
 def breaker_status(
     name: str | None = typer.Argument(None, help="One breaker (default: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show the state of one breaker or all of them. Exit 1 if NAME is unknown."""
+    if name is not None:
+        _name(name)
     settings = load_settings()
 
     async def work(cb: CircuitBreaker) -> list[BreakerState] | None:
@@ -320,8 +511,7 @@ def breaker_status(
 
     states = _run_breaker(settings, work)
     if states is None:
-        err.print(f"no circuit breaker named {name!r}")
-        raise typer.Exit(1)
+        fail(f"no circuit breaker named {name!r}", 1)
     if as_json:
         _dump(states)
     elif not states:
@@ -332,21 +522,18 @@ def breaker_status(
 
 @breaker_app.command("trip")
 def breaker_trip(
-    name: str = typer.Argument(..., help="Breaker name."),
+    name: str = typer.Argument(..., help=f"Breaker name: {limits.NAME_HELP}."),
     reason: str = typer.Option(..., "--reason", help="Why (shown in the alert)."),
     until: str | None = typer.Option(
-        None, "--until", help="Close by itself after this long, e.g. 30m, 2h."
+        None, "--until", help=f"Close by itself after this long: {limits.DURATION_HELP}."
     ),
 ) -> None:
     """Open a breaker by hand: creates an incident and sends its firing alert."""
+    _name(name)
+    checked("--reason", limits.check_text, reason, "reason")
+    ttl = None if until is None else checked("--until", limits.parse_duration, until)
     settings = load_settings()
-    disabled_until = None
-    if until is not None:
-        try:
-            disabled_until = datetime.now(UTC) + parse_duration(until)
-        except ValueError as exc:
-            err.print(str(exc))
-            raise typer.Exit(2) from exc
+    disabled_until = None if ttl is None else datetime.now(UTC) + ttl
 
     async def work(cb: CircuitBreaker) -> tuple[BreakerState | None, BreakerState]:
         before = await cb.get_state(name)
@@ -356,7 +543,7 @@ def breaker_trip(
     if before is not None and before.disabled and before.incident_id == after.incident_id:
         console.print(f"breaker {name} was already open (incident {after.incident_id})")
         return
-    console.print(f"breaker {name} is [red]OPEN[/red]: incident {after.incident_id}")
+    console.print(Text.assemble(f"breaker {name} is ", OPEN, f": incident {after.incident_id}"))
 
 
 @breaker_app.command("reset")
@@ -365,6 +552,8 @@ def breaker_reset(
     reason: str | None = typer.Option(None, "--reason", help="Resolution notes."),
 ) -> None:
     """Close a breaker: resolves its incident and sends the resolving alert."""
+    _name(name)
+    checked("--reason", limits.check_optional_text, reason, "reason")
     settings = load_settings()
 
     async def work(cb: CircuitBreaker) -> tuple[BreakerState | None, BreakerState]:
@@ -376,7 +565,7 @@ def breaker_reset(
         console.print(f"breaker {name} was already closed")
         return
     console.print(
-        f"breaker {name} is [green]closed[/green]: incident {before.incident_id} resolved"
+        Text.assemble(f"breaker {name} is ", CLOSED, f": incident {before.incident_id} resolved")
     )
 
 
@@ -384,10 +573,15 @@ def breaker_reset(
 def breaker_incidents(
     name: str | None = typer.Argument(None, help="One breaker (default: all)."),
     include_resolved: bool = typer.Option(False, "--all", help="Include resolved incidents."),
-    limit: int = typer.Option(100, "--limit", min=1, help="At most this many, newest first."),
+    limit: int = typer.Option(
+        100, "--limit", help=f"At most this many (1 to {limits.MAX_PAGE}), newest first."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List open incidents (all of them with --all), newest first."""
+    if name is not None:
+        _name(name)
+    checked("--limit", limits.check_count, limit, "limit", 1, limits.MAX_PAGE)
     settings = load_settings()
     incidents = _run_breaker(settings, lambda cb: cb.list_incidents(name, include_resolved, limit))
     if as_json:
@@ -419,14 +613,15 @@ def breaker_incidents(
 @breaker_app.command("report-drift")
 def breaker_report_drift(
     name: str = typer.Argument(..., help="Breaker name."),
-    score: float = typer.Argument(..., help="Drift score."),
-    samples: int = typer.Option(1, "--samples", min=1, help="Samples behind the score."),
+    score: float = typer.Argument(..., help="Drift score (a finite number)."),
+    samples: int = typer.Option(
+        1, "--samples", help=f"Samples behind the score (1 to {limits.MAX_SAMPLE_COUNT})."
+    ),
 ) -> None:
     """Report a drift score; enough consecutive scores above the threshold trip the breaker."""
+    _name(name)
+    checked("SCORE", limits.check_drift_score, score, "score")
+    checked("--samples", limits.check_count, samples, "samples", 1, limits.MAX_SAMPLE_COUNT)
     settings = load_settings()
     state = _run_breaker(settings, lambda cb: cb.report_drift(name, score, samples))
     console.print(_breaker_table([state]))
-
-
-def main() -> None:
-    app()

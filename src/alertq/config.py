@@ -6,8 +6,8 @@ environment variables win over the file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +21,11 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from alertq.alerts import check_generator_url
+from alertq.limits import parse_duration  # re-exported: callers import it from here
+
+__all__ = ["DeliveryQuorum", "Settings", "get_settings", "parse_duration"]
 
 
 class DeliveryQuorum(StrEnum):
@@ -46,7 +51,10 @@ def _config_file() -> Path:
 class Settings(BaseSettings):
     """Every knob of alertq. Field ``x`` is set by ``ALERTQ_X``."""
 
-    model_config = SettingsConfigDict(env_prefix="ALERTQ_", extra="ignore")
+    # hide_input_in_errors: a bad URL setting may carry a password; the message must not.
+    model_config = SettingsConfigDict(
+        env_prefix="ALERTQ_", extra="ignore", hide_input_in_errors=True
+    )
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///./alertq.db"
@@ -97,6 +105,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     stats_cache_seconds: float = Field(default=5.0, ge=0)
 
+    # Security (issue 9): request size limit and the proxies whose forwarded headers count
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # Relay (issue 11): the Alertmanager-compatible intake, its auth, TLS and replay
     intake_username: str | None = None
     intake_password: SecretStr | None = None
@@ -112,6 +124,26 @@ class Settings(BaseSettings):
             return [u.strip() for u in value.split(",") if u.strip()]
         return value
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"invalid trusted proxy {entry[:100]!r}: use an IP address or a CIDR "
+                    "such as 10.0.0.0/8"
+                ) from None
+        return value
+
     @field_validator("alertmanager_urls")
     @classmethod
     def _check_urls(cls, value: list[str]) -> list[str]:
@@ -122,6 +154,13 @@ class Settings(BaseSettings):
                     f"{_without_userinfo(url)!r}"
                 )
         return [u.rstrip("/") for u in value]
+
+    # Payload rules (issue 9): a generatorURL the breaker's alerts would be refused with must
+    # fail at start-up, not when a breaker trips.
+    @field_validator("generator_url")
+    @classmethod
+    def _check_generator_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_generator_url(value)
 
     @model_validator(mode="after")
     def _lease_outlives_request(self) -> Settings:
@@ -140,6 +179,24 @@ class Settings(BaseSettings):
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both ALERTQ_TLS_CERT_FILE and ALERTQ_TLS_KEY_FILE")
         return self
+
+    @property
+    def mutation_token(self) -> str | None:
+        """The API token when mutations are on, else None.
+
+        The one place that decides: unset, empty and blank all mean off (an empty token
+        once compared equal to an empty header and opened every mutation). The token
+        check, the banner, the start-up log line and the status page all read this.
+        """
+        if self.api_token is None:
+            return None
+        token = self.api_token.get_secret_value().strip()
+        return token or None
+
+    @property
+    def mutations_enabled(self) -> bool:
+        """Whether the API's mutating endpoints are on (see :attr:`mutation_token`)."""
+        return self.mutation_token is not None
 
     @property
     def is_sqlite(self) -> bool:
@@ -165,22 +222,3 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"2h"``, ``"30d"``, ``"1w"`` or plain seconds → timedelta."""
-    value = text.strip().lower()
-    try:
-        if value and value[-1] in _UNITS:
-            amount = float(value[:-1])
-            seconds = amount * _UNITS[value[-1]]
-        else:
-            seconds = float(value)
-    except ValueError:
-        raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 15m, 2h, 30d") from None
-    if seconds <= 0 or seconds != seconds:
-        raise ValueError(f"invalid duration {text!r}: must be positive")
-    return timedelta(seconds=seconds)

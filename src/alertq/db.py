@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -39,6 +41,101 @@ def redacted_url(database_url: str) -> str:
         return make_url(database_url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable database URL>"
+
+
+def describe_error(exc: BaseException) -> str:
+    """A database error in one line that is safe to show: the driver's exception type and
+    the first line of its message (no SQL, no parameters, no credentials)."""
+    # SQLAlchemy's own text carries the statement and its parameters: keep the driver's.
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0][:200]
+    name = type(cause).__name__
+    return f"{name}: {first}" if first else name
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or used (connection refused,
+    timed out, dropped, or the server refused us), rather than a bug in alertq."""
+    return isinstance(exc, OSError | TimeoutError | sa_exc.DBAPIError | sa_exc.TimeoutError)
+
+
+OUTAGE_REPEAT_SECONDS = 60.0
+OUTAGE_BACKOFF_CAP = 10.0
+
+
+class DatabaseOutage:
+    """One voice for "the database is down" in a process, and the backoff while it is.
+
+    Every database user of a worker (its loops, their idle checks, keep-alive) reports here:
+    :meth:`failed` after a database error, :meth:`recovered` after a success. The log gets
+    one line when the database goes down, one a minute while it stays down, and one when it
+    is back; tracebacks only at DEBUG. ``monotonic`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.url = redacted_url(database_url)
+        self.monotonic = monotonic
+        self.log = logger or log
+        self.failures = 0
+        """Consecutive failures since the database was last reached."""
+        self.last_error = ""
+        self._down_since: float | None = None
+        self._last_line = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def down_for(self) -> float:
+        """Seconds since the first failure of this outage (0 when up)."""
+        return 0.0 if self._down_since is None else self.monotonic() - self._down_since
+
+    def failed(self, exc: BaseException) -> None:
+        now = self.monotonic()
+        self.failures += 1
+        self.last_error = describe_error(exc)
+        self.log.debug("database error at %s", self.url, exc_info=exc)
+        if self._down_since is None:
+            self._down_since = self._last_line = now
+            self.log.error(
+                "database unreachable at %s: %s; retrying with backoff (at most %.0fs apart)",
+                self.url,
+                self.last_error,
+                OUTAGE_BACKOFF_CAP,
+            )
+        elif now - self._last_line >= OUTAGE_REPEAT_SECONDS:
+            self._last_line = now
+            self.log.error(
+                "database still unreachable at %s after %.0fs: %s",
+                self.url,
+                now - self._down_since,
+                self.last_error,
+            )
+
+    def recovered(self) -> None:
+        if self._down_since is not None:
+            self.log.info("database reachable again at %s after %.0fs", self.url, self.down_for())
+        self._down_since = None
+        self.failures = 0
+
+    def backoff(self, base: float) -> float:
+        """Seconds to wait before the next attempt: ``base`` doubling per failure, capped."""
+        if self.failures == 0:
+            return base
+        return float(min(max(base, OUTAGE_BACKOFF_CAP), base * 2 ** min(self.failures - 1, 30)))
+
+    def error(self) -> DatabaseUnreachable:
+        """The outage as one line, for giving up (``alertq worker --drain``)."""
+        return DatabaseUnreachable(
+            f"cannot reach the database at {self.url} (for {self.down_for():.0f}s): "
+            f"{self.last_error}"
+        )
 
 
 def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
@@ -142,7 +239,9 @@ class EnqueueListener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("LISTEN connection lost (%s); reconnecting", type(exc).__name__)
+                # DEBUG only: the worker's DatabaseOutage already says the database is down,
+                # once, and polling covers the notifications missed meanwhile.
+                log.debug("LISTEN connection lost (%s); reconnecting", type(exc).__name__)
             finally:
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):

@@ -1,8 +1,10 @@
 """The worker: claims due alerts, delivers them, and decides what happens next.
 
-Every delivery decision lives in this module: the retry and backoff policy
-(:func:`backoff_delay`, :func:`decide`), per-fingerprint ordering (newest row wins), batch
-splitting on a rejected payload, replica quorum and keep-alive.
+The loop applies the pure policy of :mod:`alertq.policy` (retry, backoff, ordering,
+batches) and decides what only it can see: batch splitting on a rejected payload, replica
+quorum and poison rows. Keep-alive is its own service (:mod:`alertq.keepalive`), which the
+worker runs beside its loops; feature bookkeeping after a record goes through record hooks
+(:mod:`alertq.hooks`).
 
 One cycle of a delivery loop is three steps, and only the first and last touch the
 database, each in its own short transaction:
@@ -20,234 +22,40 @@ out; the next claim takes them back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import secrets
 import socket
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq import metrics
-from alertq.alerts import (
-    BREAKER_FIRING_TYPE,
-    BREAKER_RESOLVING_TYPE,
-    KEEPALIVE_FACTOR,
-    with_ends_at,
-)
-from alertq.config import DeliveryQuorum, Settings
-from alertq.db import EnqueueListener, transaction
+from alertq.breaker import INCIDENT_RECORD_HOOK
+from alertq.config import Settings
+from alertq.db import DatabaseOutage, EnqueueListener, is_database_error, transaction
 from alertq.delivery import AlertmanagerClient, ErrorClass, TargetResult
-from alertq.driver import ClaimedAlert, get_alert_driver, get_breaker_driver
+from alertq.driver import SUPERSEDED_REASON, ClaimedAlert, get_queue_driver
+from alertq.hooks import Recorded, RecordHook
+from alertq.keepalive import KeepaliveService
+from alertq.models import Clock, utcnow
+from alertq.policy import (
+    Decision,
+    Verdict,
+    chunk_rows,
+    decide,
+    newest_per_fingerprint,
+)
 
 log = logging.getLogger("alertq.engine")
 
-MAX_ALERTS_PER_POST = 256
-MAX_RETRY_AFTER = 3600.0
-MISCONFIGURED_FLOOR = 60.0
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-# --------------------------------------------------------------------------- policy (pure)
-
-
-class Verdict(StrEnum):
-    SENT = "sent"
-    RETRY = "retry"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What to do with one row after one delivery attempt."""
-
-    verdict: Verdict
-    delivered_to: tuple[str, ...]
-    next_attempt_at: datetime | None = None
-    error: str | None = None
-    reason: str | None = None
-    """For ``failed``: ``permanent`` or ``max_attempts``."""
-
-
-def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random) -> float:
-    """Capped exponential backoff with equal jitter: ``d/2 + U(0, d/2)``, ``d = base·2^(n-1)``.
-
-    Jitter spreads retries of rows that failed together (an Alertmanager outage) so they do
-    not return as one burst.
-    """
-    exp = min(cap, base * 2 ** max(0, attempts - 1))
-    return float(exp / 2 + rng.uniform(0, exp / 2))
-
-
-def decide(
-    *,
-    attempts: int,
-    max_attempts: int,
-    delivered_to: Sequence[str],
-    results: Sequence[TargetResult],
-    targets: Sequence[str],
-    quorum: DeliveryQuorum,
-    now: datetime,
-    base: float,
-    cap: float,
-    rng: random.Random,
-) -> Decision:
-    """Decide a row's fate from this attempt's per-target ``results``.
-
-    ``delivered_to`` are targets that accepted the row before; ``targets`` are all
-    configured ones. ``any`` quorum: sent once one target has it; ``all``: once every
-    target has it, retrying only the missing ones.
-    """
-    accepted = set(delivered_to) | {r.target for r in results if r.ok}
-    done = tuple(t for t in targets if t in accepted)
-    if (quorum is DeliveryQuorum.ANY and done) or (
-        quorum is DeliveryQuorum.ALL and len(done) == len(targets)
-    ):
-        return Decision(Verdict.SENT, done)
-    failures = [r for r in results if not r.ok]
-    error = "; ".join(f"{r.target}: {r.error or r.response_text}" for r in failures)[:2000]
-    permanent = [r for r in failures if r.error_class is ErrorClass.PERMANENT]
-    if permanent:
-        text = permanent[0].response_text or permanent[0].error or "rejected"
-        return Decision(
-            Verdict.FAILED,
-            done,
-            error=f"HTTP {permanent[0].status_code}: {text}"[:2000],
-            reason="permanent",
-        )
-    if attempts >= max_attempts:
-        error = error or "no outcome recorded: every lease expired (worker died mid-delivery?)"
-        return Decision(Verdict.FAILED, done, error=error, reason="max_attempts")
-    delay = backoff_delay(attempts, base, cap, rng)
-    retry_after = max((r.retry_after or 0.0 for r in failures), default=0.0)
-    delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-    if any(r.error_class is ErrorClass.MISCONFIGURED for r in failures):
-        delay = max(delay, min(MISCONFIGURED_FLOOR, cap))
-    return Decision(
-        Verdict.RETRY, done, next_attempt_at=now + timedelta(seconds=delay), error=error
-    )
-
-
-def newest_per_fingerprint(rows: Sequence[ClaimedAlert]) -> tuple[list[ClaimedAlert], list[int]]:
-    """Split a claim into rows to deliver and older rows a newer same-label row replaces."""
-    newest: dict[str, ClaimedAlert] = {}
-    keep: list[ClaimedAlert] = []
-    for row in rows:
-        if row.fingerprint is None:
-            keep.append(row)
-        elif row.fingerprint not in newest or newest[row.fingerprint].id < row.id:
-            newest[row.fingerprint] = row
-    keep.extend(newest.values())
-    keep.sort(key=lambda r: r.id)
-    kept = {r.id for r in keep}
-    return keep, [r.id for r in rows if r.id not in kept]
-
-
-def chunk_rows(
-    rows: Sequence[ClaimedAlert], limit: int = MAX_ALERTS_PER_POST
-) -> list[list[ClaimedAlert]]:
-    """Group rows into POST bodies of at most ``limit`` alerts, keeping claim order."""
-    chunks: list[list[ClaimedAlert]] = []
-    current: list[ClaimedAlert] = []
-    size = 0
-    for row in rows:
-        n = len(row.payload)
-        if current and size + n > limit:
-            chunks.append(current)
-            current, size = [], 0
-        current.append(row)
-        size += n
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-# --------------------------------------------------------------------------- keep-alive (pure)
-
-KEEPALIVE_MAX_TICK = 5.0
-KEEPALIVE_MIN_TICK = 0.05
-KEEPALIVE_BATCH = 500
-FIRING_ALERT_TYPE = BREAKER_FIRING_TYPE
-RESOLVING_ALERT_TYPE = BREAKER_RESOLVING_TYPE
-
-
-def keepalive_tick(resend_interval: float) -> float:
-    """Seconds between keep-alive passes: a fifth of ``resend_interval``, at most 5 s.
-
-    A pass runs every tick and re-arms a row once its last send is ``resend_interval -
-    tick`` old, so consecutive sends of a kept-alive alert are never more than
-    ``resend_interval`` apart (plus the time to deliver them).
-    """
-    return max(KEEPALIVE_MIN_TICK, min(resend_interval / 5, KEEPALIVE_MAX_TICK))
-
-
-@dataclass(frozen=True, slots=True)
-class KeepaliveDecision:
-    """Whether to re-send an incident's alert row now, and with which ``endsAt``."""
-
-    rearm: bool
-    reason: str
-    ends_at: datetime | None = None
-    """A firing alert's fresh ``endsAt``; None keeps the payload as it is (resolving)."""
-
-
-def keepalive_decision(
-    *,
-    alert_type: str | None,
-    status: str,
-    sent_at: datetime | None,
-    last_attempt_at: datetime | None,
-    incident_resolved: bool,
-    incident_resolved_at: datetime | None,
-    now: datetime,
-    resend_interval: float,
-    resolved_retention: float,
-) -> KeepaliveDecision:
-    """Decide whether an incident's current alert row is re-sent, as Prometheus would.
-
-    * A firing row (``disable``) of an open incident: every ``resend_interval``, with
-      ``endsAt = now + 4 × resend_interval``, so Alertmanager never resolves it by itself
-      and a restarted Alertmanager learns it again within one interval.
-    * A resolving row (``enable``): likewise, while the resolution is younger than
-      ``resolved_retention``; then never again.
-    * A firing row of a resolved incident: never (it would re-open the alert).
-    * A row still pending or leased: left alone (it is on its way already).
-
-    The last send is ``sent_at`` for a sent row, the last attempt for a failed one.
-    """
-    if status == "sent":
-        last = sent_at
-    elif status == "failed":
-        last = last_attempt_at
-    else:
-        return KeepaliveDecision(False, f"row is {status}")
-    due_age = resend_interval - keepalive_tick(resend_interval)
-    if last is not None and (now - last).total_seconds() < due_age:
-        return KeepaliveDecision(False, "sent recently")
-    if alert_type == FIRING_ALERT_TYPE:
-        if incident_resolved:
-            return KeepaliveDecision(False, "incident resolved: its firing alert is final")
-        ends_at = now + timedelta(seconds=KEEPALIVE_FACTOR * resend_interval)
-        return KeepaliveDecision(True, "incident open", ends_at)
-    if alert_type == RESOLVING_ALERT_TYPE:
-        if not incident_resolved or incident_resolved_at is None:
-            return KeepaliveDecision(False, "incident not resolved")
-        if (now - incident_resolved_at).total_seconds() >= resolved_retention:
-            return KeepaliveDecision(False, "resolved longer ago than the retention")
-        return KeepaliveDecision(True, "recently resolved")
-    return KeepaliveDecision(False, f"not a breaker alert ({alert_type})")
-
+DRAIN_UNREACHABLE_LIMIT = 15.0
+"""Seconds ``run(drain=True)`` waits for an unreachable database before giving up."""
 
 # --------------------------------------------------------------------------- worker
 
@@ -276,7 +84,11 @@ class AlertWorker:
     """Delivers queued alerts with ``settings.concurrency`` loops.
 
     Each loop has its own Alertmanager client (one HTTP client per target per loop).
-    ``clock`` and ``rng`` are injectable for tests.
+    ``clock`` and ``rng`` are injectable for tests. ``record_hooks`` run in each record
+    transaction (by default the breaker's incident bookkeeping); :attr:`keepalive` is the
+    keep-alive service :meth:`run` runs beside the loops. While the database cannot be
+    reached the loops back off (capped) and :attr:`outage` logs a line when it goes down,
+    one a minute while it stays down and one when it is back.
     """
 
     def __init__(
@@ -288,6 +100,9 @@ class AlertWorker:
         clock: Clock = utcnow,
         rng: random.Random | None = None,
         worker_id: str | None = None,
+        record_hooks: Sequence[RecordHook] = (INCIDENT_RECORD_HOOK,),
+        outage: DatabaseOutage | None = None,
+        drain_unreachable_limit: float = DRAIN_UNREACHABLE_LIMIT,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
@@ -298,6 +113,16 @@ class AlertWorker:
         self.stats = WorkerStats()
         self._wake = asyncio.Event()
         self._lease = timedelta(seconds=settings.lease_seconds)
+        self.record_hooks = tuple(record_hooks)
+        self.outage = outage or DatabaseOutage(settings.database_url)
+        self.drain_unreachable_limit = drain_unreachable_limit
+        self.keepalive = KeepaliveService(
+            settings,
+            session_factory,
+            clock=clock,
+            on_rearm=self._on_keepalive,
+            outage=self.outage,
+        )
 
     # -- public API
 
@@ -307,19 +132,29 @@ class AlertWorker:
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Run until ``stop`` is set (then finish in-flight deliveries), or, with ``drain``,
-        until no row is due or leased."""
+        until no row is due or leased.
+
+        With ``drain``, a database that stays unreachable for ``drain_unreachable_limit``
+        seconds raises :class:`alertq.db.DatabaseUnreachable` (one line, password hidden).
+        """
         listener: EnqueueListener | None = None
         if not self.settings.is_sqlite:
             listener = EnqueueListener(self.settings.database_url, self.wake)
             await listener.start()
         loops_done = asyncio.Event()
-        keepalive = asyncio.create_task(self._keepalive_loop(loops_done), name="alertq-keepalive")
+        keepalive = asyncio.create_task(self.keepalive.run(loops_done), name="alertq-keepalive")
         try:
             loops = [
                 asyncio.create_task(self._loop(i, stop, drain), name=f"alertq-loop-{i}")
                 for i in range(self.settings.concurrency)
             ]
-            await asyncio.gather(*loops)
+            try:
+                await asyncio.gather(*loops)
+            except BaseException:
+                for task in loops:
+                    task.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+                raise
         finally:
             loops_done.set()
             await keepalive
@@ -331,7 +166,7 @@ class AlertWorker:
         now = self.clock()
         token = secrets.randbits(62) or 1
         async with transaction(self.session_factory) as session:
-            rows = await get_alert_driver(session).alerts_claim(
+            rows = await get_queue_driver(session).alerts_claim(
                 now, self.settings.batch_size, now + self._lease, token, self.worker_id
             )
         metrics.CLAIMS.inc()
@@ -359,17 +194,13 @@ class AlertWorker:
             while not stop.is_set():
                 try:
                     claimed = await self.run_once(client)
-                except Exception:
-                    # A database outage: keep going, the next claim reconnects.
-                    log.exception("delivery cycle failed; retrying after the poll interval")
-                    claimed = 0
-                    await self._sleep(stop, self.settings.poll_interval)
+                    delay = None if claimed else await self._idle_delay(drain)
+                except Exception as exc:
+                    await self._sleep(stop, self._cycle_failed(exc, drain))
                     continue
-                if claimed >= self.settings.batch_size:
-                    continue
+                self.outage.recovered()
                 if claimed:
                     continue
-                delay = await self._idle_delay(drain)
                 if delay is None:
                     return
                 await self._sleep(stop, delay)
@@ -379,18 +210,26 @@ class AlertWorker:
     async def _idle_delay(self, drain: bool) -> float | None:
         """How long to wait for work; None when draining and nothing is due or leased."""
         now = self.clock()
-        try:
-            async with transaction(self.session_factory) as session:
-                counts = await get_alert_driver(session).alerts_counts(now)
-        except Exception:
-            log.exception("could not read queue counts")
-            return self.settings.poll_interval
+        async with transaction(self.session_factory) as session:
+            counts = await get_queue_driver(session).alerts_counts(now)
         if drain and counts.due == 0 and counts.leased == 0:
             return None
         delay = self.settings.poll_interval
         if counts.next_due_at is not None:
             delay = min(delay, max(0.0, (counts.next_due_at - now).total_seconds()))
         return delay
+
+    def _cycle_failed(self, exc: Exception, drain: bool) -> float:
+        """Seconds to wait after a failed cycle; raises when a drain should give up."""
+        if not is_database_error(exc):
+            log.exception("delivery cycle failed; retrying after the poll interval")
+            return self.settings.poll_interval
+        # The next claim reconnects; rows leased by a cycle that failed come back when
+        # their lease runs out.
+        self.outage.failed(exc)
+        if drain and self.outage.down_for() >= self.drain_unreachable_limit:
+            raise self.outage.error() from exc
+        return self.outage.backoff(self.settings.poll_interval)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         if seconds <= 0:
@@ -519,16 +358,11 @@ class AlertWorker:
         expected = len(rows) + len(stale)
         applied: list[int] = []
         async with transaction(self.session_factory) as session:
-            driver = get_alert_driver(session)
+            driver = get_queue_driver(session)
             if stale:
-                applied += await driver.alerts_mark_superseded(
-                    stale, token, "superseded by a newer alert with the same labels"
-                )
-            sent_ids: list[int] = []
+                applied += await driver.alerts_mark_superseded(stale, token, SUPERSEDED_REASON)
             for delivered, ids in sent.items():
-                got = await driver.alerts_mark_sent(ids, token, now, list(delivered))
-                sent_ids += got
-            applied += sent_ids
+                applied += await driver.alerts_mark_sent(ids, token, now, list(delivered))
             for (at, error, delivered), ids in retry.items():
                 applied += await driver.alerts_schedule_retry(
                     ids, token, at, error, list(delivered)
@@ -544,13 +378,15 @@ class AlertWorker:
             superseded_later = await driver.alerts_supersede_older(
                 [fp for fp in retried_fps if fp is not None], now
             )
-            for row_id in sent_ids:
-                row = by_id[row_id]
-                if row.incident_id is not None and row.alert_type == "disable":
-                    await driver.mark_incident_alert_sent(
-                        row.incident_id, now, _response_summary(results.get(row_id, []))
-                    )
-            await self._record_incident_responses(session, rows, set(applied), results)
+            done = set(applied)
+            # Features keep their own tables in step, in this transaction (hooks.py).
+            recorded = [
+                Recorded(row, decisions[row.id], tuple(results.get(row.id, ())))
+                for row in rows
+                if row.id in done
+            ]
+            for hook in self.record_hooks:
+                await hook(session, recorded, now)
         self._count(decisions, set(applied), stale, superseded_later, by_id, now)
         lost = expected - len(applied)
         if lost:
@@ -590,95 +426,9 @@ class AlertWorker:
 
     # -- keep-alive
 
-    async def keepalive_once(self) -> int:
-        """One keep-alive pass; returns how many rows were re-armed.
-
-        Keep-alives reuse rows, never insert them. An incident has at most two queue rows:
-        its firing row (``disable``, enqueued on trip) and its resolving row (``enable``,
-        enqueued on resolution). A re-send re-arms the incident's *current* row once it is
-        sent or failed and its last send is about ``resend_interval`` old: fresh
-        ``endsAt`` (firing), ``pending``, due now, attempts 0, no target delivered,
-        ``created_at`` now. It then goes through the same claim, per-fingerprint ordering
-        and fencing as any row. So however long an incident stays open, it never has more
-        than 2 rows (and a purge by age never deletes an open incident's live row).
-
-        The incident rows are locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and their
-        ``resolved`` re-checked in this transaction, and a row is only re-armed while no
-        newer row has its labels: a firing row can never be re-armed past its resolution.
-        """
-        now = self.clock()
-        interval = self.settings.resend_interval
-        retention = self.settings.resolved_retention
-        due_age = interval - keepalive_tick(interval)
-        rearmed = 0
-        async with transaction(self.session_factory) as session:
-            driver = get_breaker_driver(session)
-            candidates = await driver.keepalive_lock_candidates(
-                now - timedelta(seconds=due_age),
-                now - timedelta(seconds=retention),
-                KEEPALIVE_BATCH,
-                firing_type=FIRING_ALERT_TYPE,
-                resolving_type=RESOLVING_ALERT_TYPE,
-            )
-            for c in candidates:
-                decision = keepalive_decision(
-                    alert_type=c.alert_type,
-                    status=c.status,
-                    sent_at=c.sent_at,
-                    last_attempt_at=c.last_attempt_at,
-                    incident_resolved=c.incident_resolved,
-                    incident_resolved_at=c.incident_resolved_at,
-                    now=now,
-                    resend_interval=interval,
-                    resolved_retention=retention,
-                )
-                if not decision.rearm:
-                    continue
-                payload = c.payload
-                if decision.ends_at is not None:
-                    payload = with_ends_at(payload, decision.ends_at)
-                if await driver.alerts_rearm(c.id, payload, now):
-                    rearmed += 1
-            if rearmed:
-                await get_alert_driver(session).notify_enqueued()
-        if rearmed:
-            self.stats.keepalives += rearmed
-            metrics.KEEPALIVES.inc(rearmed)
-            log.debug("keep-alive re-armed %d alert rows", rearmed)
-            self.wake()
-        return rearmed
-
-    async def _keepalive_loop(self, done: asyncio.Event) -> None:
-        """Run :meth:`keepalive_once` every :func:`keepalive_tick` until ``done``."""
-        tick = keepalive_tick(self.settings.resend_interval)
-        while not done.is_set():
-            try:
-                await self.keepalive_once()
-            except Exception:
-                log.exception("keep-alive pass failed; retrying in %.1fs", tick)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), tick)
-
-    async def _record_incident_responses(
-        self,
-        session: AsyncSession,
-        rows: Sequence[ClaimedAlert],
-        applied: set[int],
-        results: dict[int, list[TargetResult]],
-    ) -> None:
-        """Store Alertmanager's answer to each delivered incident row on its incident."""
-        driver = get_breaker_driver(session)
-        for row in rows:
-            if row.incident_id is not None and row.id in applied and results.get(row.id):
-                await driver.incident_record_response(
-                    row.incident_id, _response_summary(results[row.id])
-                )
-
-
-def _response_summary(results: Sequence[TargetResult]) -> str:
-    return "; ".join(
-        f"{r.target}: {'accepted' if r.ok else r.error} (HTTP {r.status_code})" for r in results
-    )[:1000]
+    def _on_keepalive(self, rearmed: int) -> None:
+        self.stats.keepalives += rearmed
+        self.wake()
 
 
 def _id_ranges(ids: Sequence[int]) -> str:
@@ -695,16 +445,4 @@ def _id_ranges(ids: Sequence[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-__all__ = [
-    "AlertWorker",
-    "Decision",
-    "KeepaliveDecision",
-    "Verdict",
-    "WorkerStats",
-    "backoff_delay",
-    "chunk_rows",
-    "decide",
-    "keepalive_decision",
-    "keepalive_tick",
-    "newest_per_fingerprint",
-]
+__all__ = ["AlertWorker", "ClientFactory", "WorkerStats"]

@@ -11,16 +11,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from alertq import limits
 from alertq.alerts import InvalidAlertPayload, payload_fingerprint, validate_payload
-from alertq.driver import AlertDriver
+from alertq.config import get_settings
+from alertq.driver import QueueDriver
 from alertq.models import CostSimAlertQueueModel
 
-__all__ = ["InvalidAlertPayload", "enqueue_alert"]
-
-DEFAULT_NOTIFY_THROTTLE = 0.01
-DEFAULT_MAX_ATTEMPTS = 10
-"""The queue table's own default for ``max_attempts``."""
-"""Seconds; matches ``Settings.notify_throttle``'s default."""
+__all__ = ["InvalidAlertPayload", "check_enqueue_args", "enqueue_alert"]
 
 # When this process last sent a NOTIFY (time.monotonic()); None before the first.
 _last_notify_at: float | None = None
@@ -43,6 +40,27 @@ def _check_text_arg(value: object, field: str, *, required: bool) -> None:
         raise InvalidAlertPayload("is not valid UTF-8 (lone surrogate)", field=field) from None
 
 
+def _check_length(value: object, field: str, max_length: int) -> None:
+    """Identifiers are bounded like everything else (see :mod:`alertq.limits`)."""
+    if isinstance(value, str) and len(value) > max_length:
+        raise InvalidAlertPayload(
+            f"is too long: {len(value)} characters (max {max_length})", field=field
+        )
+
+
+def check_enqueue_args(
+    alert_type: object, circuit_breaker_name: object = None, incident_id: object = None
+) -> None:
+    """:func:`enqueue_alert`'s checks of its text arguments, for callers (the CLI) that
+    want to refuse bad arguments before they open a database connection."""
+    _check_text_arg(alert_type, "alert_type", required=True)
+    _check_text_arg(circuit_breaker_name, "circuit_breaker_name", required=False)
+    _check_text_arg(incident_id, "incident_id", required=False)
+    _check_length(alert_type, "alert_type", limits.MAX_ALERT_TYPE_LENGTH)
+    _check_length(circuit_breaker_name, "circuit_breaker_name", limits.MAX_NAME_LENGTH)
+    _check_length(incident_id, "incident_id", limits.MAX_INCIDENT_ID_LENGTH)
+
+
 async def enqueue_alert(
     session: AsyncSession,
     payload: object,
@@ -52,7 +70,7 @@ async def enqueue_alert(
     *,
     max_attempts: int | None = None,
     now: datetime | None = None,
-    notify_throttle: float = DEFAULT_NOTIFY_THROTTLE,
+    notify_throttle: float | None = None,
 ) -> CostSimAlertQueueModel:
     """Validate ``payload`` and insert it as a pending row in ``session``'s transaction.
 
@@ -70,33 +88,38 @@ async def enqueue_alert(
 
     On PostgreSQL the three are one statement (one round trip for the producer).
     Never commits, rolls back or flushes beyond what the statements need. Returns the row.
+    ``max_attempts`` and ``notify_throttle`` default to the process settings
+    (``ALERTQ_MAX_ATTEMPTS``, ``ALERTQ_NOTIFY_THROTTLE``; :func:`alertq.config.get_settings`).
     Naive ``now`` or ``max_attempts < 1`` are programming errors: :class:`ValueError`.
     """
     global _last_notify_at
 
-    _check_text_arg(alert_type, "alert_type", required=True)
-    _check_text_arg(circuit_breaker_name, "circuit_breaker_name", required=False)
-    _check_text_arg(incident_id, "incident_id", required=False)
+    check_enqueue_args(alert_type, circuit_breaker_name, incident_id)
     if max_attempts is not None and max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
     if now is None:
         now = datetime.now(UTC)
     elif now.tzinfo is None:
         raise ValueError(f"naive datetime {now!r}: pass an aware UTC datetime")
-    alerts = validate_payload(payload)
+    alerts = validate_payload(payload, now=now)
     fingerprint = payload_fingerprint(alerts)
+
+    if max_attempts is None or notify_throttle is None:
+        settings = get_settings()
+        max_attempts = settings.max_attempts if max_attempts is None else max_attempts
+        notify_throttle = settings.notify_throttle if notify_throttle is None else notify_throttle
 
     mono = time.monotonic()
     notify = _last_notify_at is None or mono - _last_notify_at >= notify_throttle
     if notify:
         _last_notify_at = mono
-    return await AlertDriver(session).alerts_enqueue(
+    return await QueueDriver(session).alerts_enqueue(
         alerts,
         alert_type,
         circuit_breaker_name,
         incident_id,
         fingerprint=fingerprint,
         now=now,
-        max_attempts=max_attempts if max_attempts is not None else DEFAULT_MAX_ATTEMPTS,
+        max_attempts=max_attempts,
         notify=notify,
     )

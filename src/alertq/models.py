@@ -6,6 +6,7 @@ timestamp goes in and comes out as an aware UTC ``datetime`` on both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -27,6 +28,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+Clock = Callable[[], datetime]
+"""Where a component reads the time; tests inject a fake one."""
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime: every default clock and column default."""
+    return datetime.now(UTC)
 
 
 class AlertStatus(StrEnum):
@@ -99,14 +108,14 @@ class CostSimAlertQueueModel(Base):
     )
     last_attempt_at: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime] = mapped_column(
-        nullable=False, default=lambda: datetime.now(UTC), server_default=func.now()
+        nullable=False, default=utcnow, server_default=func.now()
     )
     last_error: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(
         Text, nullable=False, default=AlertStatus.PENDING.value, server_default="pending"
     )
     created_at: Mapped[datetime] = mapped_column(
-        nullable=False, default=lambda: datetime.now(UTC), server_default=func.now()
+        nullable=False, default=utcnow, server_default=func.now()
     )
 
     # Added by alertq.
@@ -158,7 +167,7 @@ class CostSimCBIncidentModel(Base):
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     circuit_breaker_name: Mapped[str] = mapped_column(Text, nullable=False, index=True)
     timestamp: Mapped[datetime] = mapped_column(
-        nullable=False, default=lambda: datetime.now(UTC), server_default=func.now(), index=True
+        nullable=False, default=utcnow, server_default=func.now(), index=True
     )
     reason: Mapped[str] = mapped_column(Text, nullable=False)
     severity: Mapped[str] = mapped_column(Text, nullable=False)
@@ -197,8 +206,8 @@ class CostSimCBStateModel(Base):
     )
     last_failure_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(
-        nullable=False, default=lambda: datetime.now(UTC), server_default=func.now()
+        nullable=False, default=utcnow, server_default=func.now()
     )
     created_at: Mapped[datetime] = mapped_column(
-        nullable=False, default=lambda: datetime.now(UTC), server_default=func.now()
+        nullable=False, default=utcnow, server_default=func.now()
     )

@@ -12,8 +12,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from alertq import limits
 from alertq.db import transaction
-from alertq.driver import PURGE_BATCH, get_alert_driver
+from alertq.driver import PURGE_BATCH, get_queue_driver
 from alertq.driver.intake import IntakeDriver, IntakeSource
 from alertq.models import AlertStatus, CostSimAlertQueueModel
 
@@ -24,7 +25,7 @@ PURGEABLE = (AlertStatus.SENT.value, AlertStatus.FAILED.value, AlertStatus.SUPER
 async def queue_stats(factory: Factory) -> dict[str, Any]:
     """The driver's grouped stats, with the oldest due row's age in seconds added."""
     async with transaction(factory) as session:
-        stats = await get_alert_driver(session).fetch_queue_stats()
+        stats = await get_queue_driver(session).alerts_stats()
     due = stats.get("oldest_pending_due_at")
     now = datetime.now(UTC)
     stats["oldest_due_age_seconds"] = max(0.0, (now - due).total_seconds()) if due else 0.0
@@ -34,9 +35,11 @@ async def queue_stats(factory: Factory) -> dict[str, Any]:
 async def retry_failed(
     factory: Factory, max_retries: int, *, ids: Sequence[int] | None = None
 ) -> int:
-    """Give failed rows ``max_retries`` more attempts, due now."""
+    """Give failed rows ``max_retries`` (1 to :data:`~alertq.limits.MAX_RETRIES`) more
+    attempts, due now."""
+    limits.check_count(max_retries, "max_retries", 1, limits.MAX_RETRIES)
     async with transaction(factory) as session:
-        return await get_alert_driver(session).retry_failed_alerts(
+        return await get_queue_driver(session).alerts_retry_failed(
             max_retries, datetime.now(UTC), ids=ids
         )
 
@@ -51,14 +54,17 @@ async def purge(
 ) -> int:
     """Delete old rows in batches, one short transaction each; returns the total.
 
-    ``pending`` is refused: deleting undelivered alerts loses them.
+    ``pending`` is refused (deleting undelivered alerts loses them), and so is any status
+    that is not one of :data:`~alertq.limits.PURGEABLE_STATUSES`.
     """
-    if AlertStatus.PENDING.value in statuses:
-        raise ValueError("refusing to purge pending rows: they have not been delivered")
+    statuses = limits.check_purge_statuses(statuses)
+    if cutoff.tzinfo is None:
+        raise ValueError(f"naive datetime {cutoff!r}: pass an aware UTC datetime")
+    limits.check_count(batch_size, "batch_size", 1, 100_000)
     total, after_id = 0, 0
     while True:
         async with transaction(factory) as session:
-            deleted, last_id = await get_alert_driver(session).purge_batch(
+            deleted, last_id = await get_queue_driver(session).alerts_purge_batch(
                 cutoff, statuses, after_id, batch_size
             )
         if last_id == after_id:
@@ -71,13 +77,18 @@ async def purge(
 async def list_alerts(
     factory: Factory, status: str | None, limit: int, before_id: int | None = None
 ) -> list[CostSimAlertQueueModel]:
+    if status is not None:
+        limits.check_status(status)
+    limits.check_count(limit, "limit", 1, limits.MAX_LIST_LIMIT)
+    if before_id is not None:
+        limits.check_count(before_id, "before_id", 1, limits.MAX_ALERT_ID)
     async with transaction(factory) as session:
-        return await get_alert_driver(session).alerts_list(status, limit, before_id)
+        return await get_queue_driver(session).alerts_list(status, limit, before_id)
 
 
 async def get_alert(factory: Factory, alert_id: int) -> CostSimAlertQueueModel | None:
     async with transaction(factory) as session:
-        return await get_alert_driver(session).alerts_get(alert_id)
+        return await get_queue_driver(session).alerts_get(alert_id)
 
 
 RELAY_ALERT_TYPE = "relay"

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -21,10 +21,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq import metrics, ops
-from alertq.breaker import BreakerState, CircuitBreaker, IncidentView
+from alertq.breaker import BreakerCounts, BreakerState, CircuitBreaker, IncidentView
 from alertq.config import Settings
+from alertq.db import describe_error as describe_db_error
 from alertq.delivery import TargetHealth, target_key
 from alertq.engine import WorkerStats
+from alertq.models import Clock, utcnow
 
 __all__ = [
     "CHART_WINDOW",
@@ -39,17 +41,15 @@ __all__ = [
 ]
 
 Factory = async_sessionmaker[AsyncSession]
-Clock = Callable[[], datetime]
 
 CHART_WINDOW = timedelta(hours=1)
 MAX_SAMPLES = 3600
-OPEN_INCIDENTS_LIMIT = 10_000
+SHOWN_BREAKERS = 50
+"""The snapshot (and the status page) holds at most this many breakers, by name; the rest
+are counted and listed by ``/api/breakers``, page by page."""
+SHOWN_INCIDENTS = 50
+"""The same bound for open incidents, newest first (``/api/incidents`` pages the rest)."""
 SUMMARY_STATUSES = ("pending", "failed", "sent", "superseded")
-
-
-def utcnow() -> datetime:
-    """Now, in UTC: the default clock of :class:`OpsContext`."""
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +58,12 @@ class Snapshot:
 
     stats: dict[str, Any]
     breakers: list[BreakerState]
+    """The first :data:`SHOWN_BREAKERS` breakers by name."""
     open_incidents: list[IncidentView]
+    """The newest :data:`SHOWN_INCIDENTS` open incidents."""
     collected_at: datetime
+    counts: BreakerCounts
+    """The totals behind both lists."""
 
 
 @dataclass(slots=True)
@@ -98,17 +102,6 @@ def by_status(stats: dict[str, Any]) -> dict[str, int]:
     counts = {s: 0 for s in SUMMARY_STATUSES}
     counts.update({k: v for k, v in stats.items() if isinstance(v, int) and k != "total"})
     return counts
-
-
-def describe_db_error(exc: BaseException) -> str:
-    """A database error in one line that is safe to show: the driver's exception type and
-    the first line of its message (no SQL, no parameters, no credentials)."""
-    # SQLAlchemy's text carries the statement and its parameters: keep only the driver's
-    # first line. Connection URLs never appear in these messages.
-    cause = getattr(exc, "orig", None) or exc
-    first = (str(cause).strip().splitlines() or [""])[0][:200]
-    name = type(cause).__name__
-    return f"{name}: {first}" if first else name
 
 
 class OpsContext:
@@ -180,14 +173,16 @@ class OpsContext:
         generation = self._generation
         try:
             stats = await ops.queue_stats(self.session_factory)
-            breakers = await self.breaker.list_states()
-            incidents = await self.breaker.list_incidents(limit=OPEN_INCIDENTS_LIMIT)
+            breakers = await self.breaker.list_states(limit=SHOWN_BREAKERS)
+            incidents = await self.breaker.list_incidents(limit=SHOWN_INCIDENTS)
+            counts = await self.breaker.counts()
         except (SQLAlchemyError, OSError) as exc:
             raise DatabaseUnavailable(describe_db_error(exc)) from exc
         now = self.clock()
         metrics.set_queue_stats(by_status(stats), stats["oldest_due_age_seconds"], now.timestamp())
-        metrics.set_breakers({b.name: is_open(b, now) for b in breakers}, len(incidents))
-        snap = Snapshot(stats, breakers, incidents, now)
+        # Per-breaker gauges of the shown ones; trips and resets set their own.
+        metrics.set_breakers({b.name: is_open(b, now) for b in breakers}, counts.open_incidents)
+        snap = Snapshot(stats, breakers, incidents, now, counts)
         if generation == self._generation:  # else a mutation raced this read: don't cache it
             self._snapshot = snap
         return snap

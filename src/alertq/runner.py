@@ -34,16 +34,18 @@ from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory
 from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
-from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot
+from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot, describe_db_error
 from alertq.relay import intake_auth_enabled
 from alertq.replay import ReplayService
 
-__all__ = ["Collector", "parse_http_addr", "print_banner", "run_service"]
+__all__ = ["Collector", "log_mutations", "parse_http_addr", "print_banner", "run_service"]
 
 log = logging.getLogger("alertq.runner")
 
 MIN_COLLECT_INTERVAL = 1.0
 SERVER_GRACE_SECONDS = 5
+TTL_RECOVERIES_PER_ROUND = 100
+"""Expired breakers closed per collector round (the rest in the next rounds)."""
 
 
 def parse_http_addr(addr: str) -> tuple[str, int]:
@@ -145,16 +147,19 @@ class Collector:
         if self._db_error is not None:
             log.info("database answers again")
             self._db_error = None
-        now = self.context.clock()
-        for state in snap.breakers:
-            if state.disabled and state.disabled_until is not None and state.disabled_until <= now:
-                # is_disabled() performs the TTL recovery; exactly one replica does it.
-                try:
-                    if not await self.context.breaker.is_disabled(state.name):
-                        log.info("breaker %s closed: its disable TTL ran out", state.name)
-                        self.context.invalidate()
-                except Exception:
-                    log.exception("TTL recovery of breaker %s failed", state.name)
+        try:
+            expired = await self.context.breaker.list_expired(TTL_RECOVERIES_PER_ROUND)
+        except Exception as exc:
+            log.error("cannot list breakers due for TTL recovery: %s", describe_db_error(exc))
+            expired = []
+        for state in expired:
+            # is_disabled() performs the TTL recovery; exactly one replica does it.
+            try:
+                if not await self.context.breaker.is_disabled(state.name):
+                    log.info("breaker %s closed: its disable TTL ran out", state.name)
+                    self.context.invalidate()
+            except Exception:
+                log.exception("TTL recovery of breaker %s failed", state.name)
         return snap
 
     async def _check_alertmanagers(self) -> None:
@@ -224,7 +229,7 @@ def print_banner(
         return
     from rich.console import Console
 
-    api = "token required" if settings.api_token else "mutations off: set ALERTQ_API_TOKEN"
+    api = "token required" if settings.mutations_enabled else "mutations off: set ALERTQ_API_TOKEN"
     lines = [
         "[bold green]alertq is running[/] [dim](Ctrl-C to stop)[/]",
         f"  status page    [bold cyan]{url}/[/]",
@@ -236,6 +241,14 @@ def print_banner(
         lines.append(f"  {'delivering to' if i == 0 else '':<14} [bold]{target}[/]")
     console = Console(file=out or sys.stdout, highlight=False, soft_wrap=True)
     console.print("\n".join(lines))
+
+
+def log_mutations(settings: Settings) -> None:
+    """Say in one line whether the API's mutating endpoints are on."""
+    if settings.mutations_enabled:
+        log.info("API mutations are on: they need 'Authorization: Bearer <ALERTQ_API_TOKEN>'")
+    else:
+        log.info("API mutations are off: ALERTQ_API_TOKEN is unset, empty or blank")
 
 
 async def run_service(settings: Settings) -> int:
@@ -269,6 +282,9 @@ async def run_service(settings: Settings) -> int:
                 access_log=False,
                 lifespan="off",
                 server_header=False,
+                # X-Forwarded-For is honoured only from ALERTQ_TRUSTED_PROXIES, by the app's
+                # RequestGuard; uvicorn's own handling trusts 127.0.0.1 by default.
+                proxy_headers=False,
                 timeout_graceful_shutdown=SERVER_GRACE_SECONDS,
             )
         )
@@ -290,6 +306,7 @@ async def run_service(settings: Settings) -> int:
         if serving.done():
             log.error("the ops server did not start")
             return 1
+        log_mutations(settings)
         print_banner(settings, url, probe.targets)
         tasks.append(asyncio.create_task(worker.run(stop), name="alertq-worker"))
         tasks.append(asyncio.create_task(collector.run(stop), name="alertq-collector"))

@@ -7,7 +7,6 @@ schema, so renaming one changes the published API.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from datetime import datetime
 from enum import StrEnum
@@ -15,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
+from alertq import limits
 from alertq.breaker import BreakerState, IncidentView
 from alertq.models import AlertStatus, CostSimAlertQueueModel
 from alertq.opsview import Snapshot, by_status, is_open
@@ -45,37 +45,33 @@ __all__ = [
     "to_queue_stats",
 ]
 
-TEXT_PATTERN = r"^[^\x00]*\S[^\x00]*$"
-DURATION_PATTERN = r"^[1-9][0-9]{0,3}[smhdw]?$"
-DURATION_HELP = "a whole number and a unit: s, m, h, d or w (e.g. 90s, 15m, 2h, 30d)"
+# The rules live in alertq.limits, shared with the CLI and the Python API.
+TEXT_PATTERN = limits.TEXT_PATTERN
+DURATION_PATTERN = limits.DURATION_PATTERN
+DURATION_HELP = limits.DURATION_HELP
 
 
 def _safe_text(value: str) -> str:
     """Refuse text no database stores (NUL), UTF-8 cannot encode (lone surrogates), or
     that says nothing (blank)."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL (\\u0000)")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid UTF-8 (no lone surrogates)") from None
-    if not re.fullmatch(TEXT_PATTERN, value):
-        raise ValueError("must not be blank")
-    return value
+    return limits.check_text(value, "text")
 
 
 # The pattern is in the schema (so clients and schemathesis know it); the validator
 # enforces the same rule with a readable message.
 SafeText = Annotated[
     str,
-    Field(min_length=1, max_length=1000, json_schema_extra={"pattern": TEXT_PATTERN}),
+    Field(
+        min_length=1,
+        max_length=limits.MAX_TEXT_LENGTH,
+        json_schema_extra={"pattern": TEXT_PATTERN},
+    ),
     AfterValidator(_safe_text),
 ]
 
 
 def _check_duration(value: str) -> str:
-    if not re.fullmatch(DURATION_PATTERN, value):
-        raise ValueError(f"invalid duration {value[:40]!r}: use {DURATION_HELP}")
+    limits.parse_duration(value)
     return value
 
 
@@ -155,7 +151,7 @@ class AlertPage(BaseModel):
 
 
 class RetryRequest(BaseModel):
-    max_retries: int = Field(3, ge=1, le=1000, description="Extra attempts to give.")
+    max_retries: int = Field(3, ge=1, le=limits.MAX_RETRIES, description="Extra attempts to give.")
 
 
 class RetryResult(BaseModel):

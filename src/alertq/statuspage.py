@@ -190,8 +190,10 @@ async def render_status_page(context: OpsContext) -> str:
         not_checked=not checked,
         targets=targets,
         breakers=breakers,
-        open_breakers=sum(b.open for b in breakers),
+        breaker_total=snap.counts.breakers if snap is not None else 0,
+        open_breakers=snap.counts.open_breakers if snap is not None else 0,
         incidents=[to_incident(i) for i in snap.open_incidents] if snap is not None else [],
+        incident_total=snap.counts.open_incidents if snap is not None else 0,
         failed=[
             {**summary_fields(r), "age": _ago(r.last_attempt_at or r.created_at, now)}
             for r in failed_rows
@@ -209,6 +211,6 @@ async def render_status_page(context: OpsContext) -> str:
         chart=build_chart(list(context.samples), now),
         chart_w=int(CHART_W),
         chart_h=int(CHART_H),
-        token_configured=context.settings.api_token is not None,
+        token_configured=context.settings.mutations_enabled,
         ago=lambda when: _ago(when, now),
     )

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 
 class FakeClock:
-    """Callable like ``alertq.engine.utcnow``; ``now`` moves only when a test moves it."""
+    """Callable like ``alertq.models.utcnow``; ``now`` moves only when a test moves it."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self.now = start or datetime.now(UTC)

@@ -1,0 +1,193 @@
+"""The ops server's front door: one ASGI middleware every request passes before any route.
+
+In this order, before a single body byte is read:
+
+1. the client address: ``X-Forwarded-For`` replaces the peer address only when the peer is
+   in ``ALERTQ_TRUSTED_PROXIES`` (empty by default), and only with a valid IP address, so
+   the audit actor (``api@<address>``) cannot be chosen by the caller;
+2. the bearer token, for every route that depends on the token check (so an
+   unauthenticated caller never gets its body buffered);
+3. the size: a path and query over 4 KiB get 414; a ``Content-Length`` over
+   ``ALERTQ_MAX_REQUEST_BYTES`` is refused at once with 413, and a body without one
+   (chunked) is counted as it streams in and refused as soon as it passes the limit.
+
+Being one middleware around the whole app, it covers routes added later (the relay's
+``/api/v2/alerts``) without a per-route case.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+from collections.abc import Callable
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from alertq.config import Settings
+
+__all__ = ["BodyTooLarge", "RequestGuard", "check_bearer", "forwarded_client"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_FORWARDED_HOPS = 32
+"""At most this many ``X-Forwarded-For`` entries are looked at (from the right)."""
+MAX_TARGET_BYTES = 4096
+"""Longest path plus query string, else 414. Below Python's 4300-digit limit for int():
+a 100,000-digit alert id made the path converter raise a 500."""
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit. An HTTPException so
+    FastAPI re-raises it as it is instead of turning it into "error parsing the body"."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large (max {limit} bytes)")
+
+
+def check_bearer(settings: Settings, authorization: str | None) -> tuple[int, str] | None:
+    """None if ``authorization`` (the header's value) carries the API token, else the
+    status and message to refuse with: 403 while mutations are off, 401 otherwise."""
+    token = settings.mutation_token
+    if token is None:
+        return 403, "mutating endpoints are disabled: set ALERTQ_API_TOKEN to enable them"
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        return 401, "a valid 'Authorization: Bearer <ALERTQ_API_TOKEN>' header is required"
+    return None
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address, or None. IPv6 zone ids (``fe80::1%anything``) are refused: the
+    zone is free text and would reach the audit trail."""
+    value = text.strip()
+    if "%" in value:
+        return None
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def forwarded_client(peer: str, forwarded_for: str | None, trusted: list[IPNetwork]) -> str:
+    """The client's address: ``peer`` unless ``peer`` is a trusted proxy, then the
+    right-most ``X-Forwarded-For`` address that is not itself a trusted proxy.
+
+    Anything that is not an IP address ends the walk (the last good address wins), so a
+    forged value never becomes the client."""
+    peer_ip = _address(peer)
+    if not forwarded_for or peer_ip is None or not any(peer_ip in n for n in trusted):
+        return peer
+    client = str(peer_ip)
+    for hop in reversed(forwarded_for.split(",")[-MAX_FORWARDED_HOPS:]):
+        ip = _address(hop)
+        if ip is None:
+            break
+        client = str(ip)
+        if not any(ip in n for n in trusted):
+            break
+    return client
+
+
+class RequestGuard:
+    """The middleware described in the module docstring. ``needs_token(scope)`` says
+    whether the route the request goes to requires the API token."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Callable[[], Settings],
+        needs_token: Callable[[Scope], bool],
+    ) -> None:
+        self.app = app
+        self._settings = settings  # read per request, like the routes' own context
+        self.needs_token = needs_token
+        self._trusted: tuple[list[str], list[IPNetwork]] = ([], [])
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings()
+
+    @property
+    def trusted(self) -> list[IPNetwork]:
+        proxies = self.settings.trusted_proxies
+        if proxies != self._trusted[0]:  # parsed once per distinct setting
+            self._trusted = (proxies, [ipaddress.ip_network(p, strict=False) for p in proxies])
+        return self._trusted[1]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        target = len(scope.get("raw_path") or scope["path"].encode()) + len(
+            scope.get("query_string", b"")
+        )
+        if target > MAX_TARGET_BYTES:
+            await _reply(send, 414, f"request target too long (max {MAX_TARGET_BYTES} bytes)")
+            return
+        # The first of repeated headers, as Starlette's ``headers.get`` (and so the
+        # routes' own token check) reads them: both must judge the same value.
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+        client = scope.get("client")
+        if client:
+            host = forwarded_client(client[0], headers.get("x-forwarded-for"), self.trusted)
+            scope = {**scope, "client": (host, client[1])}
+        if self.needs_token(scope):
+            refused = check_bearer(self.settings, headers.get("authorization"))
+            if refused is not None:
+                extra = {"www-authenticate": "Bearer"} if refused[0] == 401 else {}
+                await _reply(send, refused[0], refused[1], extra)
+                return
+        limit = self.settings.max_request_bytes
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.strip().isascii() or not length.strip().isdigit():
+                await _reply(send, 400, "invalid Content-Length")
+                return
+            if int(length) > limit:
+                await _reply(send, 413, f"request body too large (max {limit} bytes)")
+                return
+        await self._limited(scope, receive, send, limit)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except BodyTooLarge as exc:  # a route that let it escape
+            if started:
+                raise
+            await _reply(send, 413, str(exc.detail))
+
+
+async def _reply(send: Send, status: int, detail: str, extra: dict[str, str] | None = None) -> None:
+    body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        # The body was not read: the connection cannot be reused.
+        (b"connection", b"close"),
+    ]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
