@@ -105,14 +105,12 @@ CASES: list[tuple[str, bytes]] = [
     ),
     ("generator_url_http", _j([_a("url_http", generatorURL="http://prom:9090/graph?g0.expr=up")])),
     (
-        "generator_url_https_unicode",
-        _j([_a("url_https", generatorURL="https://é.example/a b?q=%")]),
+        "generator_url_https_escaped",
+        _j([_a("url_https", generatorURL="https://prom.é.example:9090/g?e=up%20%3D%3D%200&x=é")]),
     ),
     ("generator_url_relative", _j([_a("url_relative", generatorURL="/graph?g0.expr=up")])),
-    ("generator_url_network_path", _j([_a("url_netpath", generatorURL="//prom/graph")])),
     ("generator_url_empty", _j([_a("url_empty", generatorURL="")])),
     ("generator_url_null", _j([_a("url_null", generatorURL=None)])),
-    ("generator_url_hostless_http", _j([_a("url_hostless", generatorURL="http://")])),
     ("generator_url_colon", _j([_a("url_colon", generatorURL="::")])),
     ("generator_url_space_in_host", _j([_a("url_space", generatorURL="http://a b/")])),
     ("generator_url_bad_escape", _j([_a("url_escape", generatorURL="http://h/%zz")])),
@@ -202,5 +200,12 @@ DELIBERATE: dict[str, bytes] = {
     b'{"labels":{"alertname":"Corpus","case":"nul_neighbour"}}]',
     "generator_url_javascript": _j([_a("url_js", generatorURL="javascript:alert(1)")]),
     "generator_url_mailto": _j([_a("url_mailto", generatorURL="mailto:a@b")]),
+    # alerts.py's generatorURL rule: links that mislead or leak in a notification.
+    "generator_url_space_stray_percent": _j(
+        [_a("url_sp", generatorURL="https://h.example/a b?q=%")]
+    ),
+    "generator_url_protocol_relative": _j([_a("url_netpath", generatorURL="//other-host/graph")]),
+    "generator_url_hostless_http": _j([_a("url_hostless", generatorURL="http://")]),
+    "generator_url_userinfo": _j([_a("url_userinfo", generatorURL="https://user:pw@h.example/")]),
     "year_zero": _j([_a("year_zero", startsAt="0000-01-01T00:00:00Z", endsAt=FUTURE)]),
 }

@@ -23,15 +23,18 @@ models (``PostableAlert``, ``Alert``) and go-openapi's runtime, then checked aga
 
 Deliberate differences, where accepting would be unsafe (``docs/relay.md``), are refused
 per alert like (3): a NUL character anywhere (PostgreSQL cannot store it), a
-``generatorURL`` with a scheme other than http/https (a ``javascript:`` link in every
-notification), and a timestamp outside years 1–9999 UTC (no Python datetime holds it).
+``generatorURL`` that alerts.py's rule refuses (a ``javascript:`` or ``//other-host`` link
+in every notification), and a timestamp outside years 1–9999 UTC (no Python datetime
+holds it).
 A body ``[null]`` makes Alertmanager 0.25 drop the connection (a nil-pointer panic); here
 it is the 422 of an alert without labels.
 
-Every alert returned passes :func:`alertq.alerts.validate_payload`, except for the two
-rules alertq's enqueue adds beyond Alertmanager's: ``alertname`` required and an absolute
-``generatorURL`` (Alertmanager accepts alerts without ``alertname`` and ``/graph?…`` links,
-so the relay stores them as sent; see :func:`check_storable`).
+Every alert returned passes :func:`alertq.alerts.validate_payload`, except for its
+``alertname`` rule (Alertmanager accepts alerts without one, so the relay stores them as
+sent; see :func:`check_storable`). Its ``generatorURL`` rule applies in full: beyond a
+non-http(s) scheme it refuses links that are unsafe in a notification (protocol-relative
+``//host``, no host, whitespace or invisible characters, user info, a stray ``%``), which
+Alertmanager would store; the alert is refused alone, as above.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from alertq.alerts import InvalidAlertPayload, label_fingerprint, validate_payload
 
@@ -454,20 +456,15 @@ def _normalise(
 def check_storable(alert: dict[str, Any]) -> None:
     """Raise :class:`InvalidAlertPayload` unless ``alert`` passes alerts.py's rules.
 
-    Two of those rules are alertq's own, not Alertmanager's, and the relay must accept what
-    Alertmanager accepts: a missing ``alertname`` and a relative or host-less
-    ``generatorURL``. They are waived here; everything else (names, values, UTF-8, NUL,
-    timestamps, ``endsAt >= startsAt``) is checked by :func:`validate_payload` itself.
+    One of those rules is alertq's own, not Alertmanager's, and the relay must accept what
+    Alertmanager accepts: ``alertname`` is required. It is waived here; everything else
+    (names, values, UTF-8, NUL, timestamps, ``endsAt >= startsAt``, the ``generatorURL``
+    rule) is checked by :func:`validate_payload` itself. Its future-``startsAt`` rule needs
+    a ``now`` and is left to :func:`parse_alerts_body`, which applies Alertmanager's own
+    bound (received + ``resolve_timeout``).
     """
     probe = dict(alert)
     probe["labels"] = {"alertname": "relay", **alert["labels"]}
-    url = probe.get("generatorURL")
-    if isinstance(url, str):
-        if re.match(r"(?i)https?://[^/?#]", url):
-            # Go accepts spaces and non-ASCII in a path; the rule checks the URL's shape.
-            probe["generatorURL"] = quote(url, safe="".join(map(chr, range(0x21, 0x7F))))
-        else:
-            del probe["generatorURL"]
     validate_payload([probe])
 
 
