@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from alertq.api import create_app
@@ -84,6 +85,9 @@ async def test_restarted_alertmanager_relearns_every_live_alert_within_15s(
 
         async with AlertmanagerClient.from_settings(settings) as client:
             replay = ReplayService(settings, factory, client)
+            target = client.targets[0]
+            metric = "alertq_replayed_alerts_total"
+            before = REGISTRY.get_sample_value(metric, {"alertmanager": target}) or 0.0
             assert await replay.run_once() == 0  # first sight: a baseline, no replay
             assert await replay.run_once() == 0  # same uptime: nothing to do
             task = asyncio.create_task(replay.run(stop))
@@ -101,6 +105,8 @@ async def test_restarted_alertmanager_relearns_every_live_alert_within_15s(
             assert received(am, "resolved") == RESOLVED
             resolved_listed = await asyncio.to_thread(am.alerts, None, 'alertname="ReplayResolved"')
             assert resolved_listed == []  # came back resolved, not firing
+            after = REGISTRY.get_sample_value(metric, {"alertmanager": target}) or 0.0
+            assert after - before == FIRING + RESOLVED
             stop.set()
             await task
         print(f"replayed {FIRING + RESOLVED} alerts, all listed {elapsed:.2f}s after restart")
