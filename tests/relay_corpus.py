@@ -161,6 +161,7 @@ CASES: list[tuple[str, bytes]] = [
     ("timestamp_date_only", _j([_a("date_only", startsAt="2024-01-01")])),
     ("timestamp_lowercase", _j([_a("lower_ts", startsAt="2024-01-01t00:00:00z")])),
     ("timestamp_feb_30", _j([_a("feb30", startsAt="2024-02-30T00:00:00Z")])),
+    ("timestamp_arabic_digits", _j([_a("arabic_ts", startsAt="٢٠٢٤-01-01T00:00:00Z")])),
     ("timestamp_number", _j([_a("ts_number", startsAt=1700000000)])),
     ("timestamp_garbage", _j([_a("ts_garbage", endsAt="soon")])),
     ("year_one_not_zero", _j([_a("year_one", startsAt="0001-06-01T00:00:00Z", endsAt=FUTURE)])),

@@ -76,12 +76,13 @@ _ECHO_MAX = 120
 # minutes only with a literal Z or no zone; a space instead of T, no zone.
 _DATE = r"(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})"
 _HMS = r"(?P<h>\d{2}):(?P<mi>\d{2}):(?P<s>\d{2})"
+# re.ASCII: \d would also match non-ASCII digits (\u0662...), which Go refuses.
 _LAYOUTS = [
-    re.compile(_DATE + "T" + _HMS + r"(?:[.,](?P<f>\d+))?(?P<z>Z|[+-]\d{2}:\d{2})"),
-    re.compile(_DATE + "T" + _HMS + r"[.,](?P<f>\d{3}|\d{6})(?P<z>Z|[+-]\d{4})"),
-    re.compile(_DATE + "T" + _HMS + r"(?:[.,](?P<f>\d+))?"),
-    re.compile(_DATE + r"T(?P<h>\d{2}):(?P<mi>\d{2})(?P<z>Z)?"),
-    re.compile(_DATE + " " + _HMS + r"(?:[.,](?P<f>\d+))?"),
+    re.compile(_DATE + "T" + _HMS + r"(?:[.,](?P<f>\d+))?(?P<z>Z|[+-]\d{2}:\d{2})", re.ASCII),
+    re.compile(_DATE + "T" + _HMS + r"[.,](?P<f>\d{3}|\d{6})(?P<z>Z|[+-]\d{4})", re.ASCII),
+    re.compile(_DATE + "T" + _HMS + r"(?:[.,](?P<f>\d+))?", re.ASCII),
+    re.compile(_DATE + r"T(?P<h>\d{2}):(?P<mi>\d{2})(?P<z>Z)?", re.ASCII),
+    re.compile(_DATE + " " + _HMS + r"(?:[.,](?P<f>\d+))?", re.ASCII),
 ]
 _ZERO = datetime(1, 1, 1, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
