@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.routing import Match
 from starlette.types import Scope
 
-from alertq import limits, metrics, ops
+from alertq import limits, metrics, ops, relay
 from alertq.config import parse_duration
 from alertq.httpguard import RequestGuard, check_bearer
 from alertq.models import AlertStatus
@@ -159,6 +159,7 @@ def create_app(context: OpsContext) -> FastAPI:
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     _routes(app)
+    app.include_router(relay.router)
     app.add_middleware(
         RequestGuard, settings=lambda: _context_of(app).settings, needs_token=_needs_token(app)
     )

@@ -360,12 +360,34 @@ def stats(
         table.caption = f"oldest due: {result['oldest_due_age_seconds']:.1f}s ago"
         return table
 
+    def render_sources(sources: list[Any]) -> Table:
+        table = Table("sender", "user-agent", "rows", "pending", title="relay intake by source")
+        for src in sources:
+            table.add_row(src.addr or "-", (src.agent or "-")[:60], str(src.rows), str(src.pending))
+        return table
+
+    async def with_sources(factory: Any) -> tuple[dict[str, Any], list[Any]]:
+        return await ops.queue_stats(factory), await ops.intake_sources(factory)
+
     if not watch:
-        result = run_with_db(settings, ops.queue_stats)
+        result, sources = run_with_db(settings, with_sources)
         if as_json:
-            typer.echo(json.dumps({k: _jsonable(v) for k, v in result.items()}))
+            out = {k: _jsonable(v) for k, v in result.items()}
+            out["intake_sources"] = [
+                {
+                    "addr": s.addr,
+                    "agent": s.agent,
+                    "rows": s.rows,
+                    "pending": s.pending,
+                    "last_at": s.last_at.isoformat(),
+                }
+                for s in sources
+            ]
+            typer.echo(json.dumps(out))
         else:
             console.print(render(result))
+            if sources:
+                console.print(render_sources(sources))
         return
 
     from rich.live import Live

@@ -109,6 +109,14 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # Relay (issue 11): the Alertmanager-compatible intake, its auth, TLS and replay
+    intake_username: str | None = None
+    intake_password: SecretStr | None = None
+    intake_bearer_token: SecretStr | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    replay_interval: float = Field(default=2.0, gt=0)
+
     @field_validator("alertmanager_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
@@ -164,6 +172,12 @@ class Settings(BaseSettings):
             )
         if self.alertmanager_bearer_token is not None and self.alertmanager_username is not None:
             raise ValueError("configure either basic auth or a bearer token, not both")
+        if self.intake_bearer_token is not None and self.intake_username is not None:
+            raise ValueError("intake: configure either basic auth or a bearer token, not both")
+        if (self.intake_username is None) != (self.intake_password is None):
+            raise ValueError("intake basic auth needs both ALERTQ_INTAKE_USERNAME and _PASSWORD")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both ALERTQ_TLS_CERT_FILE and ALERTQ_TLS_KEY_FILE")
         return self
 
     @property

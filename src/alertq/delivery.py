@@ -15,6 +15,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "ErrorClass",
     "TargetHealth",
     "TargetResult",
+    "TargetUptime",
     "classify_status",
     "parse_retry_after",
     "target_key",
@@ -44,6 +46,8 @@ log = logging.getLogger("alertq.delivery")
 
 ALERTS_PATH = "/api/v2/alerts"
 READY_PATH = "/-/ready"
+STATUS_PATH = "/api/v2/status"
+_UPTIME_RE = re.compile(r'"uptime"\s*:\s*"([^"\\]{1,64})"')
 # How much of a response body is kept in results, and the most that is ever read.
 RESPONSE_TEXT_LIMIT = 512
 _READ_LIMIT = 64 * 1024
@@ -71,6 +75,16 @@ class TargetResult:
     retry_after: float | None  # seconds, from Retry-After
     duration: float  # seconds
     error: str | None  # short description, never contains credentials
+
+
+@dataclass(frozen=True, slots=True)
+class TargetUptime:
+    """One reading of an Alertmanager's ``/api/v2/status``: its ``uptime`` (the time it
+    started, which changes when it restarts), or why it could not be read."""
+
+    target: str
+    uptime: str | None
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +296,11 @@ class AlertmanagerClient:
         chosen = self._select(None)
         return list(await asyncio.gather(*(self._check_one(t) for t in chosen)))
 
+    async def read_uptimes(self) -> list[TargetUptime]:
+        """``GET {url}/api/v2/status`` on every target concurrently: each one's ``uptime``."""
+        chosen = self._select(None)
+        return list(await asyncio.gather(*(self._uptime_one(t) for t in chosen)))
+
     async def aclose(self) -> None:
         """Close every HTTP client. Idempotent."""
         if self._closed:
@@ -329,7 +348,13 @@ class AlertmanagerClient:
             raise ValueError(f"unknown Alertmanager target: {exc.args[0]!r}") from None
 
     async def _exchange(
-        self, target: _Target, method: str, path: str, body: bytes | None
+        self,
+        target: _Target,
+        method: str,
+        path: str,
+        body: bytes | None,
+        *,
+        text_limit: int = RESPONSE_TEXT_LIMIT,
     ) -> _Reply:
         """One request under a hard overall deadline; reads at most _READ_LIMIT bytes."""
         headers = _JSON_HEADERS if body is not None else None
@@ -347,7 +372,7 @@ class AlertmanagerClient:
         text = b"".join(chunks)[:_READ_LIMIT].decode("utf-8", errors="replace")
         return _Reply(
             status=response.status_code,
-            text=self._redact(text[:RESPONSE_TEXT_LIMIT]),
+            text=self._redact(text[:text_limit]),
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             location=response.headers.get("Location"),
         )
@@ -391,6 +416,19 @@ class AlertmanagerClient:
         if reply.status == 200:
             return TargetHealth(target.key, True, None, duration)
         return TargetHealth(target.key, False, self._describe_status(reply), duration)
+
+    async def _uptime_one(self, target: _Target) -> TargetUptime:
+        try:
+            reply = await self._exchange(target, "GET", STATUS_PATH, None, text_limit=_READ_LIMIT)
+        except Exception as exc:
+            return TargetUptime(target.key, None, self._describe_exception(exc)[1])
+        if reply.status != 200:
+            return TargetUptime(target.key, None, self._describe_status(reply))
+        # A regex, not json.loads: config.original may make the body exceed the read limit.
+        match = _UPTIME_RE.search(reply.text)
+        if match is None:
+            return TargetUptime(target.key, None, "no uptime in /api/v2/status")
+        return TargetUptime(target.key, match.group(1), None)
 
     def _describe_status(self, reply: _Reply) -> str:
         if 300 <= reply.status < 400:

@@ -92,3 +92,23 @@ def set_alertmanager_up(target: str, up: bool, at: float) -> None:
     """Publish one readiness check of one Alertmanager (by its credential-free key)."""
     ALERTMANAGER_UP.labels(target).set(1 if up else 0)
     ALERTMANAGER_LAST_CHECK.labels(target).set(at)
+
+
+# Relay (issue 11)
+INTAKE_ALERTS = Counter(
+    "alertq_intake_alerts_total",
+    "POST /api/v2/alerts by outcome: stored and invalid count alerts (an invalid one is "
+    "refused alone, as Alertmanager does); rejected (a body refused whole) and unauthorized "
+    "count requests; error counts alerts the database did not store.",
+    ["outcome"],
+)
+INTAKE_LATENCY = Histogram(
+    "alertq_intake_request_seconds",
+    "POST /api/v2/alerts: from the request's arrival to the answer, after the commit.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+REPLAYED_ALERTS = Counter(
+    "alertq_replayed_alerts_total",
+    "Live relayed alerts re-sent to an Alertmanager replica after it restarted.",
+    ["alertmanager"],
+)

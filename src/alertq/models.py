@@ -133,6 +133,11 @@ class CostSimAlertQueueModel(Base):
         JSONType, nullable=False, default=list, server_default=text("'[]'")
     )
     """Alertmanager targets that have accepted this row, so a retry skips them."""
+    # Added by the relay (migration 0004).
+    source_addr: Mapped[str | None] = mapped_column(Text)
+    """The sender's address, for rows that came in through ``POST /api/v2/alerts``."""
+    source_agent: Mapped[str | None] = mapped_column(Text)
+    """The sender's ``User-Agent`` (at most 200 characters)."""
 
     __table_args__ = (
         Index("idx_costsim_alert_queue_next", "next_attempt_at"),

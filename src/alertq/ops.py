@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from alertq import limits
 from alertq.db import transaction
 from alertq.driver import PURGE_BATCH, get_queue_driver
+from alertq.driver.intake import IntakeDriver, IntakeSource
 from alertq.models import AlertStatus, CostSimAlertQueueModel
 
 Factory = async_sessionmaker[AsyncSession]
@@ -88,3 +89,13 @@ async def list_alerts(
 async def get_alert(factory: Factory, alert_id: int) -> CostSimAlertQueueModel | None:
     async with transaction(factory) as session:
         return await get_queue_driver(session).alerts_get(alert_id)
+
+
+RELAY_ALERT_TYPE = "relay"
+INTAKE_SOURCES_SHOWN = 20
+
+
+async def intake_sources(factory: Factory, limit: int = INTAKE_SOURCES_SHOWN) -> list[IntakeSource]:
+    """Relayed rows in the queue by sender (address, User-Agent), latest sender first."""
+    async with transaction(factory) as session:
+        return await IntakeDriver(session).intake_sources(RELAY_ALERT_TYPE, limit)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -34,6 +35,8 @@ from alertq.db import create_engine, create_session_factory
 from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
 from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot, describe_db_error
+from alertq.relay import intake_auth_enabled
+from alertq.replay import ReplayService
 
 __all__ = ["Collector", "log_mutations", "parse_http_addr", "print_banner", "run_service"]
 
@@ -62,6 +65,24 @@ def parse_http_addr(addr: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"invalid ALERTQ_HTTP_ADDR {addr!r}: port out of range")
     return host or "0.0.0.0", port
+
+
+def warn_open_intake(settings: Settings, host: str) -> bool:
+    """Log one warning when the relay's intake takes alerts from anyone on the network."""
+    if intake_auth_enabled(settings):
+        return False
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return False
+    log.warning(
+        "POST /api/v2/alerts accepts alerts without credentials on %s: set "
+        "ALERTQ_INTAKE_BEARER_TOKEN (or _USERNAME/_PASSWORD) or bind to 127.0.0.1",
+        host,
+    )
+    return True
 
 
 def browsable_url(host: str, port: int) -> str:
@@ -240,6 +261,8 @@ async def run_service(settings: Settings) -> int:
         log.error("cannot listen on %s: %s", settings.http_addr, detail)
         return 2
     url = browsable_url(host, sock.getsockname()[1])
+    if settings.tls_cert_file is not None:
+        url = "https" + url.removeprefix("http")
     engine = create_engine(settings)
     probe = AlertmanagerClient.from_settings(settings)
     try:
@@ -247,9 +270,14 @@ async def run_service(settings: Settings) -> int:
         worker = AlertWorker(settings, factory)
         context = OpsContext(settings, factory, worker_stats=worker.stats)
         collector = Collector(context, probe, settings.stats_cache_seconds)
+        app = create_app(context)
+        app.state.relay_wake = worker.wake  # a relayed alert wakes this process's worker
+        warn_open_intake(settings, host)
         server = _Server(
             uvicorn.Config(
-                create_app(context),
+                app,
+                ssl_certfile=settings.tls_cert_file,
+                ssl_keyfile=settings.tls_key_file,
                 log_config=None,
                 access_log=False,
                 lifespan="off",
@@ -282,6 +310,8 @@ async def run_service(settings: Settings) -> int:
         print_banner(settings, url, probe.targets)
         tasks.append(asyncio.create_task(worker.run(stop), name="alertq-worker"))
         tasks.append(asyncio.create_task(collector.run(stop), name="alertq-collector"))
+        replay = ReplayService(settings, factory, probe)
+        tasks.append(asyncio.create_task(replay.run(stop), name="alertq-replay"))
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         code = 0

@@ -14,6 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.exc import SQLAlchemyError
 
 from alertq import ops
+from alertq.driver.intake import IntakeSource
 from alertq.models import AlertStatus, CostSimAlertQueueModel
 from alertq.opsview import (
     CHART_WINDOW,
@@ -147,11 +148,13 @@ async def render_status_page(context: OpsContext) -> str:
     db_error: str | None = None
     snap: Snapshot | None = None
     failed_rows: list[CostSimAlertQueueModel] = []
+    sources: list[IntakeSource] = []
     try:
         snap = await context.snapshot()
         failed_rows = await ops.list_alerts(
             context.session_factory, AlertStatus.FAILED.value, FAILED_ROWS_SHOWN
         )
+        sources = await ops.intake_sources(context.session_factory)
     except DatabaseUnavailable as exc:
         db_error = str(exc)
         snap = context.cached
@@ -194,6 +197,16 @@ async def render_status_page(context: OpsContext) -> str:
         failed=[
             {**summary_fields(r), "age": _ago(r.last_attempt_at or r.created_at, now)}
             for r in failed_rows
+        ],
+        intake_sources=[
+            {
+                "addr": src.addr or "—",
+                "agent": src.agent or "—",
+                "rows": src.rows,
+                "pending": src.pending,
+                "last": _ago(src.last_at, now),
+            }
+            for src in sources
         ],
         chart=build_chart(list(context.samples), now),
         chart_w=int(CHART_W),

@@ -1,0 +1,228 @@
+"""The relay's SQL: a whole ``POST /api/v2/alerts`` body stored as one row per alert.
+
+Set-based, so a 256-alert body costs one round trip on PostgreSQL (retire + insert +
+NOTIFY in one statement, the rows passed as arrays through ``unnest``) and one
+``executemany`` plus one UPDATE on SQLite. Never commits: the caller's
+``db.transaction()`` does, and the relay answers 200 only after it has.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from alertq.models import AlertStatus, CostSimAlertQueueModel, UTCDateTime
+
+__all__ = ["IntakeDriver", "IntakeRow", "IntakeSource", "LatestRow"]
+
+Q = CostSimAlertQueueModel
+PENDING = AlertStatus.PENDING.value
+SUPERSEDED = AlertStatus.SUPERSEDED.value
+SENT = AlertStatus.SENT.value
+NOTIFY_CHANNEL = "alertq_enqueued"
+SUPERSEDED_NOTE = "superseded by a newer alert with the same labels"
+
+
+@dataclass(frozen=True)
+class IntakeRow:
+    """One relayed alert: its payload (a one-alert list) and its label fingerprint."""
+
+    payload: list[dict[str, Any]]
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class IntakeSource:
+    """Relayed rows still in the queue from one sender (address and User-Agent)."""
+
+    addr: str | None
+    agent: str | None
+    rows: int
+    pending: int
+    last_at: datetime
+
+
+@dataclass(frozen=True)
+class LatestRow:
+    """The newest delivered row of one label set: what a restarted Alertmanager must relearn."""
+
+    id: int
+    payload: list[dict[str, Any]]
+    created_at: datetime
+
+
+# Older unleased pending rows of the batch's fingerprints are retired in a CTE that runs on
+# the statement's snapshot, so it never sees the rows this statement inserts.
+_INSERT_MANY_PG = text(
+    """
+    WITH retired AS (
+        UPDATE costsim_alert_queue SET status = 'superseded', last_error = :note,
+               leased_until = NULL, leased_by = NULL
+        WHERE fingerprint = ANY(CAST(:fps AS text[])) AND status = 'pending'
+          AND (leased_until IS NULL OR leased_until <= :now)
+        RETURNING id
+    ), inserted AS (
+        INSERT INTO costsim_alert_queue
+            (payload, alert_type, fingerprint, max_attempts, next_attempt_at, created_at,
+             status, attempts, lease_token, delivered_to, source_addr, source_agent)
+        SELECT CAST(p AS jsonb), CAST(:alert_type AS text), f, CAST(:max_attempts AS integer),
+               :now, :now, 'pending', 0, 0, '[]'::jsonb,
+               CAST(:source_addr AS text), CAST(:source_agent AS text)
+        FROM unnest(CAST(:payloads AS text[]), CAST(:fps AS text[])) WITH ORDINALITY AS u(p, f, n)
+        ORDER BY n
+        RETURNING id
+    )
+    SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM retired), NOTIFY_CALL
+    """.replace("NOTIFY_CALL", f"pg_notify('{NOTIFY_CHANNEL}', '')")
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+# SQLite: retire older pending rows of the fingerprints once the new ones are in.
+_SUPERSEDE_SQLITE = text(
+    """
+    UPDATE costsim_alert_queue SET status = 'superseded', last_error = :note,
+           leased_until = NULL, leased_by = NULL
+    WHERE status = 'pending' AND fingerprint IN :fps AND id < :first_id
+      AND (leased_until IS NULL OR leased_until <= :now)
+    """
+).bindparams(bindparam("fps", expanding=True), bindparam("now", type_=UTCDateTime()))
+
+
+class IntakeDriver:
+    """Statements of the relay's intake. Takes the session it is given; never commits."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def alerts_insert_many(
+        self,
+        rows: Sequence[IntakeRow],
+        *,
+        alert_type: str,
+        now: datetime,
+        max_attempts: int,
+        source_addr: str | None,
+        source_agent: str | None,
+    ) -> int:
+        """Insert one pending row per entry, due ``now``, and retire older unleased pending
+        rows of the same fingerprints. Returns the number of rows inserted.
+
+        Within ``rows`` a fingerprint must appear once (the caller keeps the last alert of
+        a label set, as Alertmanager ends up with). On PostgreSQL the workers are
+        NOTIFYed, delivered when the caller commits.
+        """
+        if not rows:
+            return 0
+        fps = [r.fingerprint for r in rows]
+        if len(set(fps)) != len(fps):
+            raise ValueError("alerts_insert_many: a fingerprint appears twice in one batch")
+        if self.session.get_bind().dialect.name == "postgresql":
+            params = {
+                "payloads": [json.dumps(r.payload, ensure_ascii=False) for r in rows],
+                "fps": fps,
+                "alert_type": alert_type,
+                "max_attempts": max_attempts,
+                "now": now,
+                "source_addr": source_addr,
+                "source_agent": source_agent,
+                "note": SUPERSEDED_NOTE,
+            }
+            inserted, _, _ = (await self.session.execute(_INSERT_MANY_PG, params)).one()
+            return int(inserted)
+        values = [
+            {
+                "payload": r.payload,
+                "alert_type": alert_type,
+                "fingerprint": r.fingerprint,
+                "max_attempts": max_attempts,
+                "next_attempt_at": now,
+                "created_at": now,
+                "status": PENDING,
+                "attempts": 0,
+                "lease_token": 0,
+                "delivered_to": [],
+                "source_addr": source_addr,
+                "source_agent": source_agent,
+            }
+            for r in rows
+        ]
+        # Rows are inserted in order, so the batch's ids all exceed any older row's.
+        first = await self.session.scalar(insert(Q).values(values[0]).returning(Q.id))
+        if len(values) > 1:
+            await self.session.execute(insert(Q), values[1:])
+        await self.session.execute(
+            _SUPERSEDE_SQLITE, {"fps": fps, "first_id": first, "now": now, "note": SUPERSEDED_NOTE}
+        )
+        return len(values)
+
+    async def ping(self) -> None:
+        """One trivial statement: whether the database answers (the relay's readiness)."""
+        await self.session.execute(text("SELECT 1"))
+
+    async def intake_sources(self, alert_type: str, limit: int) -> list[IntakeSource]:
+        """Rows of ``alert_type`` by sender, most recent sender first (at most ``limit``)."""
+        last = func.max(Q.created_at)
+        stmt = (
+            select(
+                Q.source_addr,
+                Q.source_agent,
+                func.count(),
+                func.count().filter(Q.status == PENDING),
+                last,
+            )
+            .where(Q.alert_type == alert_type)
+            .group_by(Q.source_addr, Q.source_agent)
+            .order_by(last.desc())
+            .limit(limit)
+        )
+        return [
+            IntakeSource(addr, agent, int(rows), int(pending), _aware(last_at))
+            for addr, agent, rows, pending, last_at in (await self.session.execute(stmt)).all()
+        ]
+
+    async def alerts_latest_sent(
+        self, alert_type: str, since: datetime, after_id: int, limit: int
+    ) -> list[LatestRow]:
+        """Sent rows of ``alert_type`` created at or after ``since`` that are the newest
+        pending-or-sent row of their fingerprint, by id above ``after_id`` (keyset pages).
+
+        A fingerprint whose newest row is still pending is left out: the worker delivers
+        that newer state itself.
+        """
+        newest = (
+            select(
+                Q.id,
+                Q.payload,
+                Q.created_at,
+                Q.status,
+                func.row_number()
+                .over(partition_by=Q.fingerprint, order_by=Q.id.desc())
+                .label("rank"),
+            )
+            .where(
+                Q.alert_type == alert_type,
+                Q.status.in_((PENDING, SENT)),
+                Q.created_at >= since,
+            )
+            .subquery()
+        )
+        stmt = (
+            select(newest.c.id, newest.c.payload, newest.c.created_at)
+            .where(newest.c.rank == 1, newest.c.status == SENT, newest.c.id > after_id)
+            .order_by(newest.c.id)
+            .limit(limit)
+        )
+        rows = (await self.session.execute(stmt)).all()
+        return [LatestRow(int(i), list(p), _aware(c)) for i, p, c in rows]
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns an aggregate's timestamp as naive text-parsed UTC.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
