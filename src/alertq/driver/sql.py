@@ -8,6 +8,9 @@ picks it once, in its constructor, and its methods never branch on the dialect.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +28,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -169,22 +173,19 @@ def _enqueue_statement(notify: bool) -> Any:
     return stmt.returning(*t.c, *extra)
 
 
-def _claim_statements(dialect: str) -> tuple[Any, Any]:
-    """The claim's candidate SELECT and its leasing UPDATE, with bound parameters.
+def _sqlite_claim_statements() -> tuple[Any, Any]:
+    """SQLite's claim: the candidate SELECT and its leasing UPDATE, with bound parameters.
 
     Built once at import: building this statement cost more client CPU per claim than
-    running it. (``'pending'`` stays a bound value: PostgreSQL then keeps re-planning with
-    custom plans, which match the partial index; ``tests/test_query_plans.py`` checks it.)
+    running it.
     """
     ts = Q.__table__.c.next_attempt_at.type
     now = bindparam("c_now", type_=ts)
     inflight = aliased(Q)
-    pending: Any = Q.status == PENDING
-    if dialect == "sqlite":
-        # Without ANALYZE statistics SQLite picks the legacy status index and sorts every
-        # pending row on each claim (200 ms at 100k pending rows, write lock held).
-        # Marking the term unselective makes it walk ix_costsim_alert_queue_due in order.
-        pending = func.likelihood(pending, literal_column("0.9375"))
+    # Without ANALYZE statistics SQLite picks the legacy status index and sorts every
+    # pending row on each claim (200 ms at 100k pending rows, write lock held). Marking the
+    # term unselective makes it walk ix_costsim_alert_queue_due in order.
+    pending = func.likelihood(Q.status == PENDING, literal_column("0.9375"))
     candidates = (
         select(Q.id, Q.leased_until)
         .where(
@@ -212,27 +213,19 @@ def _claim_statements(dialect: str) -> tuple[Any, Any]:
         "lease_token": bindparam("c_token", type_=BigInteger()),
         "leased_by": bindparam("c_worker", type_=Text()),
     }
+    # The payload as stored (JSON text), never decoded: the worker joins it into the POST.
     columns = (
         Q.id,
-        Q.payload,
+        type_coerce(Q.payload, Text()),
+        func.json_array_length(Q.payload),
         Q.alert_type,
         Q.incident_id,
         Q.fingerprint,
         Q.attempts,
         Q.max_attempts,
-        Q.delivered_to,
+        type_coerce(Q.delivered_to, Text()),
         Q.created_at,
     )
-    if dialect == "postgresql":
-        sub = candidates.subquery()
-        stmt = (
-            update(Q)
-            .where(Q.id == sub.c.id)
-            .values(**lease)
-            .returning(*columns, sub.c.leased_until)
-            .execution_options(synchronize_session=False)
-        )
-        return None, stmt
     stmt = (
         update(Q)
         .where(Q.id.in_(bindparam("c_ids", expanding=True)))
@@ -245,9 +238,140 @@ def _claim_statements(dialect: str) -> tuple[Any, Any]:
 
 SUPERSEDE_OLDER = _supersede_older_statement()
 _ENQUEUE_PG = {notify: _enqueue_statement(notify) for notify in (False, True)}
-_CLAIM_PG = _claim_statements("postgresql")[1]
-_CLAIM_SQLITE_CANDIDATES, _CLAIM_SQLITE = _claim_statements("sqlite")
+_CLAIM_SQLITE_CANDIDATES, _CLAIM_SQLITE = _sqlite_claim_statements()
 _NOTIFY = select(func.pg_notify(literal(NOTIFY_CHANNEL), literal("")))
+
+
+# ---------------------------------------------------------------------------- the hot path
+#
+# The worker's claim and record, and the producer's enqueue, are the statements that run
+# for every alert. Through SQLAlchemy's statement handling a 256-row claim cost about
+# 7 ms of client CPU against 0.7 ms over asyncpg itself (docs/benchmarks.md), so on
+# PostgreSQL they run as plain SQL on the session's own asyncpg connection, inside the
+# session's transaction (see pg_connection). asyncpg prepares each once per connection.
+
+PG_CLAIM = """\
+UPDATE costsim_alert_queue AS q
+   SET attempts = q.attempts + 1, last_attempt_at = $1, next_attempt_at = $3,
+       leased_until = $3, lease_token = $4, leased_by = $5
+  FROM (SELECT c.id, c.leased_until
+          FROM costsim_alert_queue AS c
+         WHERE c.status = $6 AND c.next_attempt_at <= $1
+           AND (c.fingerprint IS NULL OR NOT EXISTS (
+                SELECT 1 FROM costsim_alert_queue AS f
+                 WHERE f.fingerprint = c.fingerprint AND f.status = $6
+                   AND f.leased_until > $1 AND f.id <> c.id))
+         ORDER BY c.next_attempt_at, c.id
+         LIMIT $2
+           FOR UPDATE OF c SKIP LOCKED) AS sub
+ WHERE q.id = sub.id
+RETURNING q.id, q.payload::text, jsonb_array_length(q.payload), q.alert_type, q.incident_id,
+          q.fingerprint, q.attempts, q.max_attempts, q.delivered_to::text, q.created_at,
+          sub.leased_until"""
+"""Lease due rows: ``$1`` now, ``$2`` limit, ``$3`` lease end, ``$4`` token, ``$5`` worker,
+``$6`` ``'pending'``. The status stays a parameter: PostgreSQL then keeps re-planning with
+custom plans, which match the partial index (``tests/test_query_plans.py`` checks it)."""
+
+PG_RECORD = """\
+UPDATE costsim_alert_queue AS q
+   SET status = o.status,
+       sent_at = coalesce(o.sent_at, q.sent_at),
+       next_attempt_at = coalesce(o.next_attempt_at, q.next_attempt_at),
+       last_error = o.last_error,
+       delivered_to = coalesce(o.delivered_to::jsonb, q.delivered_to),
+       leased_until = NULL, leased_by = NULL
+  FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[],
+              $6::text[]) AS o(id, status, sent_at, next_attempt_at, last_error, delivered_to)
+ WHERE q.id = o.id AND q.lease_token = $7 AND q.status = 'pending'
+RETURNING q.id"""
+"""Every outcome of a cycle in one statement, one array element per row; fenced."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to write on one leased row when its cycle is recorded."""
+
+    id: int
+    status: str
+    last_error: str | None
+    delivered_to: Sequence[str] | None
+    """None leaves the column as it is."""
+    sent_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    """None leaves the column as it is."""
+
+
+async def pg_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under ``session``, inside the session's transaction.
+
+    SQLAlchemy begins its transaction on the driver connection lazily, at the first
+    statement it runs itself; begin it now, through SQLAlchemy's own adapter, so that the
+    session's COMMIT or ROLLBACK covers what runs here.
+    """
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    adapter: Any = raw.dbapi_connection
+    if adapter._transaction is None:
+        await adapter._start_transaction()
+    return raw.driver_connection
+
+
+def _record_params(outcomes: Sequence[Outcome]) -> list[list[Any]]:
+    encoded: dict[tuple[str, ...], str] = {}
+
+    def delivered(value: Sequence[str] | None) -> str | None:
+        if value is None:
+            return None
+        key = tuple(value)
+        if key not in encoded:
+            encoded[key] = json.dumps(list(key))
+        return encoded[key]
+
+    return [
+        [o.id for o in outcomes],
+        [o.status for o in outcomes],
+        [o.sent_at for o in outcomes],
+        [o.next_attempt_at for o in outcomes],
+        [o.last_error for o in outcomes],
+        [delivered(o.delivered_to) for o in outcomes],
+    ]
+
+
+def _sqlite_record_statement() -> Any:
+    """One row's outcome; run with ``executemany`` over every row of a cycle.
+
+    On the Core table, not the ORM entity: a list of parameter sets then means a plain
+    ``executemany``, not an ORM bulk update by primary key.
+    """
+    t: Table = Q.__table__  # type: ignore[assignment]
+    ts = t.c.next_attempt_at.type
+    return (
+        update(t)
+        .where(t.c.id == bindparam("r_id", type_=BigInteger()))
+        .values(
+            status=bindparam("r_status", type_=Text()),
+            sent_at=func.coalesce(bindparam("r_sent_at", type_=ts), t.c.sent_at),
+            next_attempt_at=func.coalesce(bindparam("r_next", type_=ts), t.c.next_attempt_at),
+            last_error=bindparam("r_error", type_=Text()),
+            delivered_to=func.coalesce(
+                bindparam("r_delivered", type_=Text()), type_coerce(t.c.delivered_to, Text())
+            ),
+            leased_until=None,
+            leased_by=None,
+        )
+    )
+
+
+_RECORD_SQLITE = _sqlite_record_statement()
+_RECORD_SQLITE_FENCE = (
+    select(Q.id)
+    .where(
+        Q.id.in_(bindparam("r_ids", expanding=True)),
+        Q.lease_token == bindparam("r_token", type_=BigInteger()),
+        Q.status == PENDING,
+    )
+    .order_by(Q.id)
+)
 
 
 # ---------------------------------------------------------------------------- dialects
@@ -274,6 +398,13 @@ class Dialect:
         """NOTIFY workers, if the dialect can (delivered when the transaction commits)."""
         raise NotImplementedError
 
+    async def alerts_record(
+        self, session: AsyncSession, lease_token: int, outcomes: Sequence[Outcome]
+    ) -> list[int]:
+        """Write every outcome on its row while the row is still leased by
+        ``lease_token``; returns the ids written, ascending."""
+        raise NotImplementedError
+
     def states_insert_ignore(self, values: dict[str, Any]) -> Any:
         """``INSERT`` of a breaker state row that does nothing if the name exists."""
         raise NotImplementedError
@@ -284,7 +415,27 @@ class PostgresDialect(Dialect):
 
     async def alerts_claim(self, session: AsyncSession, params: dict[str, Any]) -> list[Any]:
         # One statement: lock, lease and return, with the previous lease for reclaims.
-        return list((await session.execute(_CLAIM_PG, params)).all())
+        conn = await pg_connection(session)
+        return list(
+            await conn.fetch(
+                PG_CLAIM,
+                params["c_now"],
+                params["c_limit"],
+                params["c_lease"],
+                params["c_token"],
+                params["c_worker"],
+                PENDING,
+            )
+        )
+
+    async def alerts_record(
+        self, session: AsyncSession, lease_token: int, outcomes: Sequence[Outcome]
+    ) -> list[int]:
+        if not outcomes:
+            return []
+        conn = await pg_connection(session)
+        rows = await conn.fetch(PG_RECORD, *_record_params(outcomes), lease_token)
+        return sorted(r[0] for r in rows)
 
     async def alerts_enqueue(
         self, session: AsyncSession, values: dict[str, Any], notify: bool
@@ -334,7 +485,40 @@ class SqliteDialect(Dialect):
         return row
 
     async def alerts_notify(self, session: AsyncSession) -> None:
-        return None  # No LISTEN/NOTIFY: SQLite workers poll.
+        return None  # No LISTEN/NOTIFY: SQLite workers watch PRAGMA data_version.
+
+    async def alerts_record(
+        self, session: AsyncSession, lease_token: int, outcomes: Sequence[Outcome]
+    ) -> list[int]:
+        if not outcomes:
+            return []
+        # Writers are serialised (BEGIN IMMEDIATE): the rows still leased by this token
+        # cannot change between this read and the executemany that writes them.
+        fence = {"r_ids": [o.id for o in outcomes], "r_token": lease_token}
+        applied = list((await session.scalars(_RECORD_SQLITE_FENCE, fence)).all())
+        if not applied:
+            return []
+        keep = set(applied)
+        ids, statuses, sent, nxt, errors, delivered = _record_params(
+            [o for o in outcomes if o.id in keep]
+        )
+        await session.execute(
+            _RECORD_SQLITE,
+            [
+                {
+                    "r_id": i,
+                    "r_status": st,
+                    "r_sent_at": se,
+                    "r_next": nx,
+                    "r_error": er,
+                    "r_delivered": de,
+                }
+                for i, st, se, nx, er, de in zip(
+                    ids, statuses, sent, nxt, errors, delivered, strict=True
+                )
+            ],
+        )
+        return applied
 
     def states_insert_ignore(self, values: dict[str, Any]) -> Any:
         return sqlite_insert(State).values(**values).on_conflict_do_nothing(index_elements=["name"])
