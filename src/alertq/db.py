@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -248,3 +249,59 @@ class EnqueueListener:
                         await conn.close(timeout=2)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+class SqliteChangeWatcher:
+    """Calls ``on_change`` soon after another connection commits to a SQLite database.
+
+    SQLite has no NOTIFY. ``PRAGMA data_version`` changes whenever another connection (of
+    any process) has committed since the last look; reading it costs a few microseconds and
+    no lock. One dedicated connection reads it every ``interval`` seconds, so an idle
+    worker notices a producer's commit within ``interval`` without running a query.
+    Errors (a file being replaced, a busy disk) are logged and the watch goes on.
+    """
+
+    def __init__(self, database_url: str, on_change: Callable[[], None], interval: float) -> None:
+        self._path = make_url(database_url).database or ""
+        self._on_change = on_change
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        """False for an in-memory database: no other connection can write to it."""
+        return self._path not in ("", ":memory:")
+
+    async def start(self) -> None:
+        if self.usable:
+            self._task = asyncio.create_task(self._run(), name="alertq-sqlite-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        seen: int | None = None
+        try:
+            while True:
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self._path, timeout=1.0, isolation_level=None)
+                    # Microseconds, lock-free: fine to run on the event loop itself.
+                    version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+                    if seen is not None and version != seen:
+                        self._on_change()
+                    seen = version
+                except sqlite3.Error as exc:
+                    log.warning("SQLite change watch failed (%s); retrying", exc)
+                    if conn is not None:
+                        conn.close()
+                    conn, seen = None, None
+                    self._on_change()  # a commit may have been missed meanwhile
+                await asyncio.sleep(self._interval)  # the watch's own period
+        finally:
+            if conn is not None:
+                conn.close()

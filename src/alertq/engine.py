@@ -28,17 +28,23 @@ import random
 import secrets
 import socket
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alertq import metrics
+from alertq import metrics, wakeup
 from alertq.breaker import INCIDENT_RECORD_HOOK
 from alertq.config import Settings
-from alertq.db import DatabaseOutage, EnqueueListener, is_database_error, transaction
+from alertq.db import (
+    DatabaseOutage,
+    EnqueueListener,
+    SqliteChangeWatcher,
+    is_database_error,
+    transaction,
+)
 from alertq.delivery import AlertmanagerClient, ErrorClass, TargetResult
 from alertq.driver import SUPERSEDED_REASON, ClaimedAlert, Outcome, get_queue_driver
 from alertq.hooks import Recorded, RecordHook
@@ -83,6 +89,8 @@ class WorkerStats:
     fenced: int = 0
     posts: int = 0
     keepalives: int = 0
+    idle_waits: int = 0
+    """How often a loop found nothing to do and went to wait (for a wake-up or a poll)."""
     last_error_by_target: dict[str, str] = field(default_factory=dict)
 
 
@@ -143,10 +151,16 @@ class AlertWorker:
         With ``drain``, a database that stays unreachable for ``drain_unreachable_limit``
         seconds raises :class:`alertq.db.DatabaseUnreachable` (one line, password hidden).
         """
-        listener: EnqueueListener | None = None
-        if not self.settings.is_sqlite:
+        listener: EnqueueListener | SqliteChangeWatcher
+        if self.settings.is_sqlite:
+            listener = SqliteChangeWatcher(
+                self.settings.database_url, self.wake, self.settings.sqlite_wake_interval
+            )
+        else:
             listener = EnqueueListener(self.settings.database_url, self.wake)
-            await listener.start()
+        await listener.start()
+        # A producer of this process (the relay, enqueue_alert) wakes the loops directly.
+        unsubscribe = wakeup.subscribe(_threadsafe(self.wake))
         loops_done = asyncio.Event()
         keepalive = asyncio.create_task(self.keepalive.run(loops_done), name="alertq-keepalive")
         try:
@@ -163,9 +177,9 @@ class AlertWorker:
                 raise
         finally:
             loops_done.set()
+            unsubscribe()
             await keepalive
-            if listener is not None:
-                await listener.stop()
+            await listener.stop()
 
     async def run_once(self, client: AlertmanagerClient) -> int:
         """One claim → deliver → record cycle; returns how many rows were claimed."""
@@ -209,6 +223,7 @@ class AlertWorker:
                     continue
                 if delay is None:
                     return
+                self.stats.idle_waits += 1
                 await self._sleep(stop, delay)
         finally:
             await client.aclose()
@@ -456,6 +471,23 @@ class AlertWorker:
     def _on_keepalive(self, rearmed: int) -> None:
         self.stats.keepalives += rearmed
         self.wake()
+
+
+def _threadsafe(wake: Callable[[], None]) -> Callable[[], None]:
+    """``wake`` callable from any thread: a sync producer may run in a worker thread."""
+    loop = asyncio.get_running_loop()
+
+    def call() -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake()
+        else:
+            loop.call_soon_threadsafe(wake)
+
+    return call
 
 
 def _array_items(payload_json: str) -> str:
