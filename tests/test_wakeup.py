@@ -5,17 +5,21 @@ its own process directly (:mod:`alertq.wakeup`, what the relay calls after its c
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq import wakeup
 from alertq.config import Settings
-from alertq.db import create_engine, create_session_factory, transaction
+from alertq.db import create_engine, create_session_factory, read_transaction, transaction
 from alertq.driver import get_queue_driver
 from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
@@ -137,3 +141,27 @@ def test_sqlite_wake_interval_is_bounded() -> None:
     for bad in (0, -1, 61):
         with pytest.raises(ValueError, match="sqlite_wake_interval"):
             Settings(sqlite_wake_interval=bad)
+
+
+@sqlite_only
+async def test_an_idle_workers_look_at_the_queue_does_not_wait_for_the_write_lock(
+    db_url: str,
+) -> None:
+    # A producer holds SQLite's write lock; the worker's read of the queue counts still
+    # answers at once (it used to begin IMMEDIATE and queue behind every writer).
+    settings = Settings(database_url=db_url, sqlite_busy_timeout_ms=200)
+    engine = create_engine(settings)
+    factory = create_session_factory(engine)
+    writer = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        async with read_transaction(factory) as s:
+            counts = await get_queue_driver(s).alerts_counts(datetime.now(UTC))
+        assert (counts.due, counts.leased) == (0, 0)
+        with pytest.raises(OperationalError, match="locked"):
+            async with transaction(factory) as s:
+                await get_queue_driver(s).alerts_counts(datetime.now(UTC))
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        await engine.dispose()

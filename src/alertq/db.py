@@ -153,8 +153,13 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
     return on_connect
 
 
+_READ_ONLY = "alertq_read_only"
+
+
 def _begin_immediate(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # A read-only transaction (read_transaction) must not queue for the write lock.
+    read_only = conn.get_execution_options().get(_READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
@@ -194,6 +199,19 @@ async def transaction(
     """Open a session, begin, yield it, and commit, or roll back on any exception."""
     async with factory() as session, session.begin():
         yield session
+
+
+@asynccontextmanager
+async def read_transaction(
+    factory: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """Like :func:`transaction`, for reads only: on SQLite it begins ``DEFERRED``, so it
+    neither waits for nor holds up writers (an idle worker's look at the queue would
+    otherwise take the write lock from producers several times a second)."""
+    async with factory() as session:
+        await session.connection(execution_options={_READ_ONLY: True})  # begins
+        yield session
+        await session.commit()
 
 
 class EnqueueListener:

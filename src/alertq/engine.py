@@ -43,6 +43,7 @@ from alertq.db import (
     EnqueueListener,
     SqliteChangeWatcher,
     is_database_error,
+    read_transaction,
     transaction,
 )
 from alertq.delivery import AlertmanagerClient, ErrorClass, TargetResult
@@ -231,7 +232,7 @@ class AlertWorker:
     async def _idle_delay(self, drain: bool) -> float | None:
         """How long to wait for work; None when draining and nothing is due or leased."""
         now = self.clock()
-        async with transaction(self.session_factory) as session:
+        async with read_transaction(self.session_factory) as session:
             counts = await get_queue_driver(session).alerts_counts(now)
         if drain and counts.due == 0 and counts.leased == 0:
             return None
