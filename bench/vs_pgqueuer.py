@@ -12,10 +12,10 @@ Both drain a full queue of N rows (default 50,000) with no work per job:
 
 First a small sweep (``--sweep-batch`` × ``--sweep-procs``, one run each of
 ``--sweep-rows``) finds pgqueuer's best configuration on this machine today. Then
-``--runs`` rounds alternate, in rotating order: alertq, pgqueuer at its best, pgqueuer at
-its defaults (B = 10, 1 process), and the raw SKIP LOCKED floor of ``bench/floor.py``
-(one statement that claims and finishes 256 rows) with 1 and 4 consumers, on the same
-rows. Every variant gets a freshly loaded, ``VACUUM ANALYZE``d table.
+``--runs`` rounds alternate, in rotating order: alertq, pgqueuer at its best (and, with
+``--with-defaults``, at its defaults: B = 10, 1 process), and the raw SKIP LOCKED floor of
+``bench/floor.py`` (one statement that claims and finishes 256 rows) with 1 and 4
+consumers, on the same rows. Every variant gets a freshly loaded, ``VACUUM ANALYZE``d table.
 
 Two rates per variant:
 
@@ -218,6 +218,11 @@ def main() -> None:
     parser.add_argument("--sweep-procs", default="1,2,4")
     parser.add_argument("--best", default="", help="skip the sweep: pgqueuer's B,P")
     parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument(
+        "--with-defaults",
+        action="store_true",
+        help="also run pgqueuer at its defaults (B=10, P=1: slow, about 10x the best's time)",
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--child-batch", type=int, default=10, help=argparse.SUPPRESS)
     add_common_args(parser)
@@ -247,8 +252,9 @@ def main() -> None:
             f"pgqueuer best (B={best_b}, P={best_p})": lambda: pgq_run(
                 dsn, args.rows, best_b, best_p, log
             ),
-            "pgqueuer defaults (B=10, P=1)": lambda: pgq_run(dsn, args.rows, 10, 1, log),
         }
+        if args.with_defaults:
+            variants["pgqueuer defaults (B=10, P=1)"] = lambda: pgq_run(dsn, args.rows, 10, 1, log)
         if not args.no_floor:
             variants["floor, 1 consumer"] = lambda: floor_run(url, args.rows, 1)
             variants["floor, 4 consumers"] = lambda: floor_run(url, args.rows, 4)
