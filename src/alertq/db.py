@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -269,6 +270,10 @@ class EnqueueListener:
             delay = min(delay * 2, 10.0)
 
 
+WATCH_RETRY = 1.0
+"""Seconds between attempts of a SQLite change watch that cannot read the database."""
+
+
 class SqliteChangeWatcher:
     """Calls ``on_change`` soon after another connection commits to a SQLite database.
 
@@ -303,23 +308,28 @@ class SqliteChangeWatcher:
     async def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         seen: int | None = None
+        failing = False
         try:
             while True:
                 try:
                     if conn is None:
-                        conn = sqlite3.connect(self._path, timeout=1.0, isolation_level=None)
+                        # mode=rw: never create the file (a missing database is an outage
+                        # the worker reports, not something to paper over).
+                        uri = f"file:{quote(self._path)}?mode=rw"
+                        conn = sqlite3.connect(uri, uri=True, timeout=1.0, isolation_level=None)
                     # Microseconds, lock-free: fine to run on the event loop itself.
                     version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-                    if seen is not None and version != seen:
-                        self._on_change()
-                    seen = version
+                    if failing or (seen is not None and version != seen):
+                        self._on_change()  # after a failure, a commit may have been missed
+                    seen, failing = version, False
                 except sqlite3.Error as exc:
-                    log.warning("SQLite change watch failed (%s); retrying", exc)
+                    # The worker's own cycles meet the same outage and report it (once a
+                    # minute); here it only slows the watch down, and wakes nobody.
+                    log.debug("SQLite change watch failed: %s", exc)
                     if conn is not None:
                         conn.close()
-                    conn, seen = None, None
-                    self._on_change()  # a commit may have been missed meanwhile
-                await asyncio.sleep(self._interval)  # the watch's own period
+                    conn, seen, failing = None, None, True
+                await asyncio.sleep(WATCH_RETRY if failing else self._interval)
         finally:
             if conn is not None:
                 conn.close()
