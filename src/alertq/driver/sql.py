@@ -124,55 +124,6 @@ def _supersede_older_statement() -> Any:
     )
 
 
-def _enqueue_statement(notify: bool) -> Any:
-    """PostgreSQL's one-round-trip enqueue: retire, insert and (optionally) NOTIFY.
-
-    The superseding UPDATE runs in a CTE on the statement's snapshot, which cannot see the
-    new row: it retires exactly the older unleased pending rows of the fingerprint.
-    """
-    t: Table = CostSimAlertQueueModel.__table__  # type: ignore[assignment]
-    superseded = (
-        update(t)
-        .where(
-            t.c.fingerprint == bindparam("e_fp", type_=t.c.fingerprint.type),
-            # A literal, not a parameter: a generic plan must still match the partial index.
-            t.c.status == literal_column("'pending'"),
-            or_(
-                t.c.leased_until.is_(None),
-                t.c.leased_until <= bindparam("e_now", type_=t.c.leased_until.type),
-            ),
-        )
-        .values(
-            status=SUPERSEDED,
-            last_error=SUPERSEDED_REASON,
-            leased_until=None,
-            leased_by=None,
-        )
-        .returning(t.c.id)
-        .cte("superseded")
-    )
-    stmt = (
-        insert(t)
-        .values(
-            payload=bindparam("e_payload", type_=t.c.payload.type),
-            alert_type=bindparam("e_type", type_=t.c.alert_type.type),
-            circuit_breaker_name=bindparam("e_cb", type_=t.c.circuit_breaker_name.type),
-            incident_id=bindparam("e_incident", type_=t.c.incident_id.type),
-            fingerprint=bindparam("e_fp", type_=t.c.fingerprint.type),
-            max_attempts=bindparam("e_max", type_=t.c.max_attempts.type),
-            next_attempt_at=bindparam("e_now", type_=t.c.next_attempt_at.type),
-            created_at=bindparam("e_now", type_=t.c.created_at.type),
-            status=PENDING,
-            attempts=0,
-            lease_token=0,
-            delivered_to=literal([], t.c.delivered_to.type),
-        )
-        .add_cte(superseded)
-    )
-    extra = [func.pg_notify(literal(NOTIFY_CHANNEL), literal(""))] if notify else []
-    return stmt.returning(*t.c, *extra)
-
-
 def _sqlite_claim_statements() -> tuple[Any, Any]:
     """SQLite's claim: the candidate SELECT and its leasing UPDATE, with bound parameters.
 
@@ -237,7 +188,6 @@ def _sqlite_claim_statements() -> tuple[Any, Any]:
 
 
 SUPERSEDE_OLDER = _supersede_older_statement()
-_ENQUEUE_PG = {notify: _enqueue_statement(notify) for notify in (False, True)}
 _CLAIM_SQLITE_CANDIDATES, _CLAIM_SQLITE = _sqlite_claim_statements()
 _NOTIFY = select(func.pg_notify(literal(NOTIFY_CHANNEL), literal("")))
 
@@ -271,6 +221,31 @@ RETURNING q.id, q.payload::text, jsonb_array_length(q.payload), q.alert_type, q.
 """Lease due rows: ``$1`` now, ``$2`` limit, ``$3`` lease end, ``$4`` token, ``$5`` worker,
 ``$6`` ``'pending'``. The status stays a parameter: PostgreSQL then keeps re-planning with
 custom plans, which match the partial index (``tests/test_query_plans.py`` checks it)."""
+
+
+def _pg_enqueue(notify: bool) -> str:
+    """Retire the fingerprint's older unleased pending rows, insert, and maybe NOTIFY, in
+    one round trip. The CTE's UPDATE runs on the statement's snapshot, which cannot see the
+    new row: it retires exactly the older ones. ``'pending'`` is a literal, so a generic
+    plan still matches the partial fingerprint index."""
+    extra = f", pg_notify('{NOTIFY_CHANNEL}', '')" if notify else ""
+    return f"""\
+WITH superseded AS (
+    UPDATE costsim_alert_queue
+       SET status = 'superseded', last_error = $8, leased_until = NULL, leased_by = NULL
+     WHERE fingerprint = $5 AND status = 'pending'
+       AND (leased_until IS NULL OR leased_until <= $7)
+    RETURNING id)
+INSERT INTO costsim_alert_queue
+    (payload, alert_type, circuit_breaker_name, incident_id, fingerprint, max_attempts,
+     next_attempt_at, created_at, status, attempts, lease_token, delivered_to)
+VALUES ($1::jsonb, $2, $3, $4, $5, $6, $7, $7, 'pending', 0, 0, '[]'::jsonb)
+RETURNING *{extra}"""
+
+
+PG_ENQUEUE = {notify: _pg_enqueue(notify) for notify in (False, True)}
+"""``$1`` payload (JSON text), ``$2`` alert type, ``$3`` breaker, ``$4`` incident, ``$5``
+fingerprint, ``$6`` max attempts, ``$7`` now, ``$8`` the superseded rows' last error."""
 
 PG_RECORD = """\
 UPDATE costsim_alert_queue AS q
@@ -440,17 +415,19 @@ class PostgresDialect(Dialect):
     async def alerts_enqueue(
         self, session: AsyncSession, values: dict[str, Any], notify: bool
     ) -> CostSimAlertQueueModel:
-        params = {
-            "e_payload": values["payload"],
-            "e_type": values["alert_type"],
-            "e_cb": values["circuit_breaker_name"],
-            "e_incident": values["incident_id"],
-            "e_fp": values["fingerprint"],
-            "e_max": values["max_attempts"],
-            "e_now": values["created_at"],
-        }
-        result = (await session.execute(_ENQUEUE_PG[notify], params)).one()
-        row = Q(**{c.key: result._mapping[c] for c in Q.__table__.c})
+        conn = await pg_connection(session)
+        result = await conn.fetchrow(
+            PG_ENQUEUE[notify],
+            json.dumps(values["payload"]),  # the connection's jsonb codec takes JSON text
+            values["alert_type"],
+            values["circuit_breaker_name"],
+            values["incident_id"],
+            values["fingerprint"],
+            values["max_attempts"],
+            values["created_at"],
+            SUPERSEDED_REASON,
+        )
+        row = Q(**{c.key: result[c.name] for c in Q.__table__.c})
         # As though loaded by a query: persistent in this session, nothing left to flush.
         make_transient_to_detached(row)
         session.add(row)
