@@ -19,7 +19,7 @@ rows (reset to due, VACUUM ANALYZE between variants) three ways, with ``c`` cons
 The order of the variants rotates from run to run; the ratio alertq / floor is computed
 within each run, and the table shows medians. Target: alertq ≥ 50% of the floor.
 
-    python bench/floor.py [--rows 50000] [--consumers 1,2,4] [--runs 3]
+    python bench/floor.py [--rows 50000] [--consumers 1,4] [--runs 3]
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=256, help="B (default 256, the engine's)")
-    parser.add_argument("--consumers", default="1,2,4", help="consumer counts (default 1,2,4)")
+    parser.add_argument("--consumers", default="1,4", help="consumer counts (default 1,4)")
     parser.add_argument("--no-lean", action="store_true", help="skip the lean variant")
     add_common_args(parser)
     args = parser.parse_args()

@@ -23,7 +23,11 @@ percentiles are over *all* enqueued rows, counting the undelivered ones as later
 end of the run (shown as "> N s"); a low-rate run (``--legacy-low-rate``, default 1/s)
 shows its latency when it does keep up.
 
-    python bench/latency.py [--rate 200] [--seconds 30] [--runs 3]
+Before the producer runs, each backend also gets the idle worker's CPU: one ``alertq
+worker`` (defaults) on an empty queue, its user + system CPU (``/proc/<pid>/stat``) over
+``--idle-seconds`` (default 30), as a percentage of one core.
+
+    python bench/latency.py [--rate 200] [--seconds 30] [--runs 3] [--idle-seconds 30]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -191,6 +196,28 @@ def spawn_legacy(url: str, receiver_url: str, log: Any) -> subprocess.Popen[byte
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(url: str, seconds: float, logs: Path) -> float:
+    """Percent of one core an idle ``alertq worker`` (empty queue, defaults) uses."""
+    asyncio.run(reset_queue(url))
+    with Stub() as stub, (logs / "idle.log").open("ab") as log:
+        procs = [spawn_worker(url, stub.url, drain=False, log=log)]
+        try:
+            asyncio.run(wait_workers_ready(url, procs))
+            time.sleep(2.0)  # let start-up work (imports, first pass) finish first
+            c0, t0 = cpu_seconds(procs[0].pid), time.monotonic()
+            time.sleep(seconds)  # the measurement window itself
+            c1, t1 = cpu_seconds(procs[0].pid), time.monotonic()
+        finally:
+            stop_workers(procs)
+    return (c1 - c0) / (t1 - t0) * 100
+
+
 def one_run(
     url: str,
     receiver_kind: str,
@@ -268,6 +295,12 @@ def main() -> None:
     )
     parser.add_argument("--no-legacy", action="store_true")
     parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=30.0,
+        help="also measure an idle worker's CPU over this window, per backend (0 = skip)",
+    )
+    parser.add_argument(
         "--legacy-low-rate",
         type=float,
         default=1.0,
@@ -293,8 +326,12 @@ def main() -> None:
 
     results: list[dict[str, Any]] = []
     rows: list[list[str]] = []
+    idle: dict[str, list[float]] = {}
     for backend in backends:
         with database(backend) as url:
+            for run in range(args.runs if args.idle_seconds > 0 else 0):
+                idle.setdefault(backend, []).append(idle_cpu(url, args.idle_seconds, logs))
+                print(f"{backend} idle worker run {run + 1}: {idle[backend][-1]:.2f}% of a core")
             for b, receiver, design, rate, seconds, runs in plan:
                 if b != backend:
                     continue
@@ -333,7 +370,22 @@ def main() -> None:
         ],
         rows,
     )
-    report.data = {"results": results, "logs": str(logs)}
+    if idle:
+        report.table(
+            f"Idle worker CPU, % of one core over {args.idle_seconds:g} s on an empty queue "
+            f"(alertq's defaults), median of {args.runs} runs",
+            ["backend", "% of one core", "min–max", "target < 2%"],
+            [
+                [
+                    b,
+                    f"{median(v):.2f}",
+                    f"{min(v):.2f}–{max(v):.2f}",
+                    "met" if median(v) < 2 else "MISSED",
+                ]
+                for b, v in idle.items()
+            ],
+        )
+    report.data = {"results": results, "idle_cpu_percent": idle, "logs": str(logs)}
     report.save()
 
 

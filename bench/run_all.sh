@@ -24,7 +24,7 @@ for arg in "$@"; do
   esac
 done
 if [ ${#selected[@]} -eq 0 ]; then
-  selected=(stats_1m floor throughput latency producer memory)
+  selected=(stats_1m floor vs_pgqueuer throughput latency producer memory)
 fi
 
 args_for() {
@@ -34,8 +34,9 @@ args_for() {
   case "$1" in
     stats_1m)   echo "--rows 100000 --runs 3" ;;
     floor)      echo "--rows 10000 --runs 1" ;;
+    vs_pgqueuer) echo "--rows 10000 --runs 1 --sweep-rows 5000" ;;
     throughput) echo "--rows-postgres 5000 --rows-sqlite 5000 --workers 1,4 --runs 1 --legacy-seconds 5" ;;
-    latency)    echo "--seconds 5 --runs 1 --legacy-low-rate 0" ;;
+    latency)    echo "--seconds 5 --runs 1 --legacy-low-rate 0 --idle-seconds 5" ;;
     producer)   echo "--samples 300 --runs 1 --background-rows 10000" ;;
     memory)     echo "--rows 10000 --runs 1" ;;
   esac
@@ -53,7 +54,7 @@ done
   echo
   echo "Joined by \`bench/run_all.sh\` from each benchmark's latest results; each section gives"
   echo "its command, date and load average. Figures are medians of the stated runs on a shared machine."
-  for name in stats_1m floor throughput latency producer memory; do
+  for name in stats_1m floor vs_pgqueuer throughput latency producer memory; do
     if [ -f "$OUT/$name.md" ]; then
       echo
       cat "$OUT/$name.md"

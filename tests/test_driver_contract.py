@@ -30,6 +30,7 @@ from alertq.driver import (
     NOTIFY_CHANNEL,
     AlertDriver,
     BreakerDriver,
+    Outcome,
     QueueDriver,
     get_alert_driver,
     get_breaker_driver,
@@ -255,6 +256,42 @@ async def test_alerts_record_methods_apply_only_with_the_current_lease_token(
     assert (rows[4].attempts, rows[4].next_attempt_at) == (0, now)  # released: uncounted
     # Recording twice changes nothing: the row is no longer pending.
     assert await queue.alerts_mark_failed(ids[:1], 7, "late", []) == []
+
+
+async def test_alerts_record_writes_every_outcome_in_one_call_fenced_by_the_token(
+    tx: AsyncSession,
+) -> None:
+    queue = get_queue_driver(tx)
+    ids = await add(tx, 5)
+    now = T0 + timedelta(minutes=1)
+    claimed = await claim(tx, now, 5, token=7)
+    assert [c.alert_count for c in claimed] == [1] * 5
+    later = now + timedelta(minutes=2)
+    outcomes = [
+        Outcome(ids[0], "sent", None, ("am",), sent_at=now),
+        Outcome(ids[1], "pending", "HTTP 503", ("am",), next_attempt_at=later),
+        Outcome(ids[2], "failed", "HTTP 400", ()),
+        Outcome(ids[3], "superseded", "newer", None),
+    ]
+    assert await queue.alerts_record(8, outcomes) == []  # another claim's token
+    assert await queue.alerts_record(7, []) == []
+    assert await queue.alerts_record(7, outcomes) == ids[:4]
+    rows = [await fresh(tx, i) for i in ids]
+    assert [r.status for r in rows] == ["sent", "pending", "failed", "superseded", "pending"]
+    assert all(r.leased_until is None and r.leased_by is None for r in rows[:4])
+    assert rows[4].leased_until == now + LEASE  # not in the call: still leased
+    assert rows[0].sent_at == now and rows[0].delivered_to == ["am"] and rows[0].last_error is None
+    assert (rows[1].next_attempt_at, rows[1].last_error, rows[1].delivered_to) == (
+        later,
+        "HTTP 503",
+        ["am"],
+    )
+    assert (rows[2].last_error, rows[2].delivered_to) == ("HTTP 400", [])
+    # None leaves a column as the claim left it.
+    assert (rows[3].last_error, rows[3].delivered_to, rows[3].sent_at) == ("newer", [], None)
+    assert rows[3].next_attempt_at == now + LEASE
+    # Done rows are no longer pending: recording again reaches only the retried one.
+    assert await queue.alerts_record(7, outcomes) == [ids[1]]
 
 
 async def test_alerts_supersede_older_retires_only_unleased_older_pending_rows(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -59,7 +60,10 @@ def fail(
 def claimed(row_id: int, fingerprint: str | None = None, alerts: int = 1) -> ClaimedAlert:
     return ClaimedAlert(
         id=row_id,
-        payload=[{"labels": {"alertname": f"A{row_id}-{i}"}} for i in range(alerts)],
+        payload_json=json.dumps(
+            [{"labels": {"alertname": f"A{row_id}-{i}"}} for i in range(alerts)]
+        ),
+        alert_count=alerts,
         alert_type="disable",
         incident_id=None,
         fingerprint=fingerprint,

@@ -1,15 +1,17 @@
 """The hot statements' plans on a PostgreSQL queue that is mostly history.
 
 50,000 rows, mostly sent, loaded with one INSERT … SELECT generate_series and ANALYZEd.
-The statements checked are the exact ones the driver sends, captured from SQLAlchemy while
-the driver method runs, then EXPLAINed with the same parameters in the same transaction:
-the claim walks the partial index of due rows, and the supersede probe of every enqueue the
-partial index of pending fingerprints. Neither scans the table, and the claim keeps its
-custom plan (a generic plan could not use a partial index: the status is a parameter).
+The statements checked are the exact ones the driver sends, captured from SQLAlchemy (or,
+for the hot path, from the asyncpg connection under it) while the driver method runs, then
+EXPLAINed with the same parameters in the same transaction: the claim walks the partial
+index of due rows, and the supersede probe of every enqueue the partial index of pending
+fingerprints. Neither scans the table, and the claim keeps its custom plan (a generic plan
+could not use a partial index: the status is a parameter).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory
 from alertq.driver import AlertDriver, get_alert_driver
+from alertq.driver.sql import PG_CLAIM
 
 pytestmark = pytest.mark.postgres
 
@@ -87,16 +90,26 @@ async def explain_driver_statement(
         if statement.lstrip().upper().startswith(prefix):
             captured.append((statement, params))
 
+    # The hot statements bypass SQLAlchemy's statement handling and run on the session's
+    # asyncpg connection itself: capture them there too.
+    conn = await session.connection()
+    raw = (await conn.get_raw_connection()).driver_connection
+
+    def capture_raw(query: Any) -> None:
+        if query.query.lstrip().upper().startswith(prefix):
+            captured.append((query.query, query.args))
+
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    raw.add_query_logger(capture_raw)
     try:
         await call(get_alert_driver(session))
+        await asyncio.sleep(0)  # asyncpg hands query logs to its callbacks with call_soon
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", capture)
+        raw.remove_query_logger(capture_raw)
     assert len(captured) == 1, [s for s, _ in captured]
     statement, params = captured[0]
-    conn = await session.connection()
-    result = await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, params)
-    plan = result.scalar_one()
+    plan = await raw.fetchval("EXPLAIN (FORMAT JSON) " + statement, *params)
     document = json.loads(plan) if isinstance(plan, str) else plan
     return statement, document[0]["Plan"]
 
@@ -194,8 +207,9 @@ async def test_claim_keeps_its_custom_plan_when_executed_again_and_again(
                         text(
                             "SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)"
                             " FROM pg_prepared_statements"
-                            " WHERE statement LIKE 'UPDATE costsim_alert_queue SET attempts%'"
-                        )
+                            " WHERE statement = :claim"
+                        ),
+                        {"claim": PG_CLAIM},
                     )
                 ).one()
     finally:

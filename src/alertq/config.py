@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     backoff_cap: float = Field(default=300.0, gt=0)
     notify_throttle: float = Field(default=0.01, ge=0)
 
+    # Wake-up on SQLite (issue 10): how often an idle worker reads PRAGMA data_version to
+    # notice another process's commit. 25 ms keeps enqueue→delivered p99 under 100 ms at
+    # 200 alerts/s for about 0.3 % of a core while idle (docs/benchmarks.md).
+    sqlite_wake_interval: float = Field(default=0.025, gt=0, le=60)
+
     # Keep-alive (Prometheus semantics: resend firing alerts, resend resolved ones for a while)
     resend_interval: float = Field(default=60.0, gt=0)
     resolved_retention: float = Field(default=900.0, ge=0)

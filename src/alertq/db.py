@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -152,8 +154,13 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
     return on_connect
 
 
+_READ_ONLY = "alertq_read_only"
+
+
 def _begin_immediate(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # A read-only transaction (read_transaction) must not queue for the write lock.
+    read_only = conn.get_execution_options().get(_READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
@@ -193,6 +200,19 @@ async def transaction(
     """Open a session, begin, yield it, and commit, or roll back on any exception."""
     async with factory() as session, session.begin():
         yield session
+
+
+@asynccontextmanager
+async def read_transaction(
+    factory: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """Like :func:`transaction`, for reads only: on SQLite it begins ``DEFERRED``, so it
+    neither waits for nor holds up writers (an idle worker's look at the queue would
+    otherwise take the write lock from producers several times a second)."""
+    async with factory() as session:
+        await session.connection(execution_options={_READ_ONLY: True})  # begins
+        yield session
+        await session.commit()
 
 
 class EnqueueListener:
@@ -248,3 +268,68 @@ class EnqueueListener:
                         await conn.close(timeout=2)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+WATCH_RETRY = 1.0
+"""Seconds between attempts of a SQLite change watch that cannot read the database."""
+
+
+class SqliteChangeWatcher:
+    """Calls ``on_change`` soon after another connection commits to a SQLite database.
+
+    SQLite has no NOTIFY. ``PRAGMA data_version`` changes whenever another connection (of
+    any process) has committed since the last look; reading it costs a few microseconds and
+    no lock. One dedicated connection reads it every ``interval`` seconds, so an idle
+    worker notices a producer's commit within ``interval`` without running a query.
+    Errors (a file being replaced, a busy disk) are logged and the watch goes on.
+    """
+
+    def __init__(self, database_url: str, on_change: Callable[[], None], interval: float) -> None:
+        self._path = make_url(database_url).database or ""
+        self._on_change = on_change
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        """False for an in-memory database: no other connection can write to it."""
+        return self._path not in ("", ":memory:")
+
+    async def start(self) -> None:
+        if self.usable:
+            self._task = asyncio.create_task(self._run(), name="alertq-sqlite-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        seen: int | None = None
+        failing = False
+        try:
+            while True:
+                try:
+                    if conn is None:
+                        # mode=rw: never create the file (a missing database is an outage
+                        # the worker reports, not something to paper over).
+                        uri = f"file:{quote(self._path)}?mode=rw"
+                        conn = sqlite3.connect(uri, uri=True, timeout=1.0, isolation_level=None)
+                    # Microseconds, lock-free: fine to run on the event loop itself.
+                    version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+                    if failing or (seen is not None and version != seen):
+                        self._on_change()  # after a failure, a commit may have been missed
+                    seen, failing = version, False
+                except sqlite3.Error as exc:
+                    # The worker's own cycles meet the same outage and report it (once a
+                    # minute); here it only slows the watch down, and wakes nobody.
+                    log.debug("SQLite change watch failed: %s", exc)
+                    if conn is not None:
+                        conn.close()
+                    conn, seen, failing = None, None, True
+                await asyncio.sleep(WATCH_RETRY if failing else self._interval)
+        finally:
+            if conn is not None:
+                conn.close()

@@ -285,8 +285,19 @@ class AlertmanagerClient:
         The body is serialized once. Raises ``ValueError`` for an unknown target key and
         ``TypeError`` if ``alerts`` is not JSON-serializable.
         """
-        chosen = self._select(targets)
+        self._select(targets)  # an unknown target fails before any encoding
         body = json.dumps(alerts, separators=(",", ":"), ensure_ascii=False).encode()
+        return await self.post_raw(body, targets)
+
+    async def post_raw(
+        self, body: bytes, targets: Sequence[str] | None = None
+    ) -> list[TargetResult]:
+        """Like :meth:`post_alerts`, with the body already encoded: a JSON array of alerts.
+
+        The worker builds it by joining the payloads as stored, so alerts go out without
+        being decoded and encoded again. Raises ``ValueError`` for an unknown target key.
+        """
+        chosen = self._select(targets)
         if len(chosen) == 1:  # the common single-target case needs no extra task
             return [await self._post_one(chosen[0], body)]
         return list(await asyncio.gather(*(self._post_one(t, body) for t in chosen)))

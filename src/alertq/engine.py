@@ -28,22 +28,29 @@ import random
 import secrets
 import socket
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alertq import metrics
+from alertq import metrics, wakeup
 from alertq.breaker import INCIDENT_RECORD_HOOK
 from alertq.config import Settings
-from alertq.db import DatabaseOutage, EnqueueListener, is_database_error, transaction
+from alertq.db import (
+    DatabaseOutage,
+    EnqueueListener,
+    SqliteChangeWatcher,
+    is_database_error,
+    read_transaction,
+    transaction,
+)
 from alertq.delivery import AlertmanagerClient, ErrorClass, TargetResult
-from alertq.driver import SUPERSEDED_REASON, ClaimedAlert, get_queue_driver
+from alertq.driver import SUPERSEDED_REASON, ClaimedAlert, Outcome, get_queue_driver
 from alertq.hooks import Recorded, RecordHook
 from alertq.keepalive import KeepaliveService
-from alertq.models import Clock, utcnow
+from alertq.models import AlertStatus, Clock, utcnow
 from alertq.policy import (
     Decision,
     Verdict,
@@ -56,6 +63,12 @@ log = logging.getLogger("alertq.engine")
 
 DRAIN_UNREACHABLE_LIMIT = 15.0
 """Seconds ``run(drain=True)`` waits for an unreachable database before giving up."""
+
+_NO_RESULTS: tuple[TargetResult, ...] = ()
+_PENDING = AlertStatus.PENDING.value
+_SENT = AlertStatus.SENT.value
+_FAILED = AlertStatus.FAILED.value
+_SUPERSEDED = AlertStatus.SUPERSEDED.value
 
 # --------------------------------------------------------------------------- worker
 
@@ -77,6 +90,8 @@ class WorkerStats:
     fenced: int = 0
     posts: int = 0
     keepalives: int = 0
+    idle_waits: int = 0
+    """How often a loop found nothing to do and went to wait (for a wake-up or a poll)."""
     last_error_by_target: dict[str, str] = field(default_factory=dict)
 
 
@@ -137,10 +152,16 @@ class AlertWorker:
         With ``drain``, a database that stays unreachable for ``drain_unreachable_limit``
         seconds raises :class:`alertq.db.DatabaseUnreachable` (one line, password hidden).
         """
-        listener: EnqueueListener | None = None
-        if not self.settings.is_sqlite:
+        listener: EnqueueListener | SqliteChangeWatcher
+        if self.settings.is_sqlite:
+            listener = SqliteChangeWatcher(
+                self.settings.database_url, self.wake, self.settings.sqlite_wake_interval
+            )
+        else:
             listener = EnqueueListener(self.settings.database_url, self.wake)
-            await listener.start()
+        await listener.start()
+        # A producer of this process (the relay, enqueue_alert) wakes the loops directly.
+        unsubscribe = wakeup.subscribe(_threadsafe(self.wake))
         loops_done = asyncio.Event()
         keepalive = asyncio.create_task(self.keepalive.run(loops_done), name="alertq-keepalive")
         try:
@@ -157,9 +178,9 @@ class AlertWorker:
                 raise
         finally:
             loops_done.set()
+            unsubscribe()
             await keepalive
-            if listener is not None:
-                await listener.stop()
+            await listener.stop()
 
     async def run_once(self, client: AlertmanagerClient) -> int:
         """One claim → deliver → record cycle; returns how many rows were claimed."""
@@ -203,6 +224,7 @@ class AlertWorker:
                     continue
                 if delay is None:
                     return
+                self.stats.idle_waits += 1
                 await self._sleep(stop, delay)
         finally:
             await client.aclose()
@@ -210,7 +232,7 @@ class AlertWorker:
     async def _idle_delay(self, drain: bool) -> float | None:
         """How long to wait for work; None when draining and nothing is due or leased."""
         now = self.clock()
-        async with transaction(self.session_factory) as session:
+        async with read_transaction(self.session_factory) as session:
             counts = await get_queue_driver(session).alerts_counts(now)
         if drain and counts.due == 0 and counts.leased == 0:
             return None
@@ -249,7 +271,7 @@ class AlertWorker:
 
     async def _deliver_all(
         self, client: AlertmanagerClient, rows: Sequence[ClaimedAlert]
-    ) -> dict[int, list[TargetResult]]:
+    ) -> dict[int, Sequence[TargetResult]]:
         """POST every row to each target that has not accepted it yet."""
         targets = client.targets
         groups: dict[tuple[str, ...], list[ClaimedAlert]] = defaultdict(list)
@@ -261,19 +283,21 @@ class AlertWorker:
             for missing, group in groups.items()
             for chunk in chunk_rows(group)
         ]
-        out: dict[int, list[TargetResult]] = {}
+        out: dict[int, Sequence[TargetResult]] = {}
         for part in await asyncio.gather(*jobs):
             out.update(part)
         return out
 
     async def _deliver_chunk(
         self, client: AlertmanagerClient, rows: list[ClaimedAlert], targets: list[str]
-    ) -> dict[int, list[TargetResult]]:
-        alerts = [alert for row in rows for alert in row.payload]
-        results = await client.post_alerts(alerts, targets)
+    ) -> dict[int, Sequence[TargetResult]]:
+        # The stored payloads are JSON arrays: join their elements, decode nothing.
+        body = "[" + ",".join(_array_items(row.payload_json) for row in rows) + "]"
+        results = tuple(await client.post_raw(body.encode(), targets))
         self.stats.posts += 1
         self._observe(rows, results)
-        out = {row.id: list(results) for row in rows}
+        # One shared tuple: rows with the same results share one decision in _record.
+        out: dict[int, Sequence[TargetResult]] = {row.id: results for row in rows}
         rejected = [r.target for r in results if r.error_class is ErrorClass.PERMANENT]
         if rejected and len(rows) > 1:
             # One bad row fails the whole batch: split it until the culprit stands alone.
@@ -318,77 +342,91 @@ class AlertWorker:
 
     # -- record
 
+    def _decide_all(
+        self,
+        rows: Sequence[ClaimedAlert],
+        results: dict[int, Sequence[TargetResult]],
+        targets: list[str],
+        now: datetime,
+    ) -> dict[int, Decision]:
+        """:func:`decide` for every row, once per distinct input where that is exact.
+
+        The rows of one POST share their results, so a cycle of 256 rows usually needs one
+        call. A retry is decided per row all the same: each gets its own jitter.
+        """
+        settings = self.settings
+        cache: dict[tuple[int, int, tuple[str, ...], int], Decision] = {}
+        out: dict[int, Decision] = {}
+        for row in rows:
+            got = results.get(row.id, _NO_RESULTS)
+            key = (row.attempts, row.max_attempts, tuple(row.delivered_to), id(got))
+            d = cache.get(key)
+            if d is None or d.verdict is Verdict.RETRY:
+                d = decide(
+                    attempts=row.attempts,
+                    max_attempts=row.max_attempts,
+                    delivered_to=row.delivered_to,
+                    results=got,
+                    targets=targets,
+                    quorum=settings.delivery_quorum,
+                    now=now,
+                    base=settings.backoff_base,
+                    cap=settings.backoff_cap,
+                    rng=self.rng,
+                )
+                cache[key] = d
+            out[row.id] = d
+        return out
+
     async def _record(
         self,
         rows: Sequence[ClaimedAlert],
         stale: list[int],
-        results: dict[int, list[TargetResult]],
+        results: dict[int, Sequence[TargetResult]],
         token: int,
         targets: list[str],
     ) -> None:
+        """Record every outcome of the cycle in one statement, fenced by ``token``."""
         now = self.clock()
-        decisions = {
-            row.id: decide(
-                attempts=row.attempts,
-                max_attempts=row.max_attempts,
-                delivered_to=row.delivered_to,
-                results=results.get(row.id, []),
-                targets=targets,
-                quorum=self.settings.delivery_quorum,
-                now=now,
-                base=self.settings.backoff_base,
-                cap=self.settings.backoff_cap,
-                rng=self.rng,
-            )
-            for row in rows
-        }
-        by_id = {row.id: row for row in rows}
-        sent: dict[tuple[str, ...], list[int]] = defaultdict(list)
-        retry: dict[tuple[datetime, str, tuple[str, ...]], list[int]] = defaultdict(list)
-        failed: dict[tuple[str, tuple[str, ...]], list[int]] = defaultdict(list)
-        for row_id, d in decisions.items():
+        decisions = self._decide_all(rows, results, targets, now)
+        outcomes = [Outcome(i, _SUPERSEDED, SUPERSEDED_REASON, None) for i in stale]
+        retried_fps: list[str] = []
+        for row in rows:
+            d = decisions[row.id]
             if d.verdict is Verdict.SENT:
-                sent[d.delivered_to].append(row_id)
+                outcomes.append(Outcome(row.id, _SENT, None, d.delivered_to, sent_at=now))
             elif d.verdict is Verdict.RETRY:
-                assert d.next_attempt_at is not None
-                retry[(d.next_attempt_at, d.error or "", d.delivered_to)].append(row_id)
+                outcomes.append(
+                    Outcome(
+                        row.id,
+                        _PENDING,
+                        d.error or "",
+                        d.delivered_to,
+                        next_attempt_at=d.next_attempt_at,
+                    )
+                )
+                if row.fingerprint is not None:
+                    retried_fps.append(row.fingerprint)
             else:
-                failed[(d.error or "", d.delivered_to)].append(row_id)
+                outcomes.append(Outcome(row.id, _FAILED, d.error or "", d.delivered_to))
 
-        expected = len(rows) + len(stale)
-        applied: list[int] = []
         async with transaction(self.session_factory) as session:
             driver = get_queue_driver(session)
-            if stale:
-                applied += await driver.alerts_mark_superseded(stale, token, SUPERSEDED_REASON)
-            for delivered, ids in sent.items():
-                applied += await driver.alerts_mark_sent(ids, token, now, list(delivered))
-            for (at, error, delivered), ids in retry.items():
-                applied += await driver.alerts_schedule_retry(
-                    ids, token, at, error, list(delivered)
-                )
-            for (error, delivered), ids in failed.items():
-                applied += await driver.alerts_mark_failed(ids, token, error, list(delivered))
-            retried_fps = [
-                by_id[i].fingerprint
-                for ids in retry.values()
-                for i in ids
-                if by_id[i].fingerprint is not None
-            ]
-            superseded_later = await driver.alerts_supersede_older(
-                [fp for fp in retried_fps if fp is not None], now
-            )
-            done = set(applied)
-            # Features keep their own tables in step, in this transaction (hooks.py).
-            recorded = [
-                Recorded(row, decisions[row.id], tuple(results.get(row.id, ())))
-                for row in rows
-                if row.id in done
-            ]
-            for hook in self.record_hooks:
-                await hook(session, recorded, now)
-        self._count(decisions, set(applied), stale, superseded_later, by_id, now)
-        lost = expected - len(applied)
+            applied = set(await driver.alerts_record(token, outcomes))
+            superseded_later = 0
+            if retried_fps:
+                superseded_later = await driver.alerts_supersede_older(retried_fps, now)
+            if self.record_hooks:
+                # Features keep their own tables in step, in this transaction (hooks.py).
+                recorded = [
+                    Recorded(row, decisions[row.id], tuple(results.get(row.id, _NO_RESULTS)))
+                    for row in rows
+                    if row.id in applied
+                ]
+                for hook in self.record_hooks:
+                    await hook(session, recorded, now)
+        self._count(rows, decisions, applied, stale, superseded_later, now)
+        lost = len(outcomes) - len(applied)
         if lost:
             self.stats.fenced += lost
             metrics.LEASE_LOST.inc(lost)
@@ -396,29 +434,34 @@ class AlertWorker:
 
     def _count(
         self,
+        rows: Sequence[ClaimedAlert],
         decisions: dict[int, Decision],
         applied: set[int],
         stale: list[int],
         superseded_later: int,
-        by_id: dict[int, ClaimedAlert],
         now: datetime,
     ) -> None:
-        for row_id, d in decisions.items():
-            if row_id not in applied:
+        """Stats and metrics of one recorded cycle, each counter bumped once."""
+        sent = retried = 0
+        for row in rows:
+            if row.id not in applied:
                 continue
+            d = decisions[row.id]
             if d.verdict is Verdict.SENT:
-                self.stats.sent += 1
-                metrics.ROWS_SENT.inc()
-                metrics.ENQUEUE_TO_SENT.observe(
-                    max(0.0, (now - by_id[row_id].created_at).total_seconds())
-                )
+                sent += 1
+                metrics.ENQUEUE_TO_SENT.observe(max(0.0, (now - row.created_at).total_seconds()))
             elif d.verdict is Verdict.RETRY:
-                self.stats.retried += 1
-                metrics.ROWS_RETRIED.inc()
+                retried += 1
             else:
                 self.stats.failed += 1
                 metrics.ROWS_DEAD_LETTERED.labels(d.reason or "unknown").inc()
-                log.error("row %d failed (%s): %s", row_id, d.reason, d.error)
+                log.error("row %d failed (%s): %s", row.id, d.reason, d.error)
+        if sent:
+            self.stats.sent += sent
+            metrics.ROWS_SENT.inc(sent)
+        if retried:
+            self.stats.retried += retried
+            metrics.ROWS_RETRIED.inc(retried)
         superseded = len([i for i in stale if i in applied]) + superseded_later
         if superseded:
             self.stats.superseded += superseded
@@ -429,6 +472,28 @@ class AlertWorker:
     def _on_keepalive(self, rearmed: int) -> None:
         self.stats.keepalives += rearmed
         self.wake()
+
+
+def _threadsafe(wake: Callable[[], None]) -> Callable[[], None]:
+    """``wake`` callable from any thread: a sync producer may run in a worker thread."""
+    loop = asyncio.get_running_loop()
+
+    def call() -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake()
+        else:
+            loop.call_soon_threadsafe(wake)
+
+    return call
+
+
+def _array_items(payload_json: str) -> str:
+    """The elements of a stored JSON array, as text: ``'[{…}, {…}]'`` → ``'{…}, {…}'``."""
+    return payload_json.strip()[1:-1]
 
 
 def _id_ranges(ids: Sequence[int]) -> str:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
-from alertq import limits
+from alertq import limits, wakeup
 from alertq.alerts import InvalidAlertPayload, payload_fingerprint, validate_payload
 from alertq.config import get_settings
 from alertq.driver import QueueDriver
@@ -21,6 +23,23 @@ __all__ = ["InvalidAlertPayload", "check_enqueue_args", "enqueue_alert"]
 
 # When this process last sent a NOTIFY (time.monotonic()); None before the first.
 _last_notify_at: float | None = None
+
+
+_WAKE_FLAG = "alertq.wake_workers"
+
+
+def _wake_on_commit(session: Session) -> None:
+    if session.info.pop(_WAKE_FLAG, False):
+        wakeup.wake_workers()
+
+
+def _wake_after_commit(session: AsyncSession) -> None:
+    """Wake this process's workers once the caller commits (not before: they could not
+    see the row yet). Other processes learn of it by NOTIFY or PRAGMA data_version."""
+    sync = session.sync_session
+    sync.info[_WAKE_FLAG] = True
+    if not event.contains(sync, "after_commit", _wake_on_commit):
+        event.listen(sync, "after_commit", _wake_on_commit)
 
 
 def _check_text_arg(value: object, field: str, *, required: bool) -> None:
@@ -85,6 +104,8 @@ async def enqueue_alert(
     3. NOTIFY the workers (PostgreSQL only; sent when the caller commits), unless this
        process already did less than ``notify_throttle`` seconds ago. A skipped NOTIFY
        only delays pickup: workers also poll (``poll_interval``), which is the fallback.
+       Workers of this very process are woken directly when the caller commits
+       (:mod:`alertq.wakeup`), on either backend.
 
     On PostgreSQL the three are one statement (one round trip for the producer).
     Never commits, rolls back or flushes beyond what the statements need. Returns the row.
@@ -113,6 +134,8 @@ async def enqueue_alert(
     notify = _last_notify_at is None or mono - _last_notify_at >= notify_throttle
     if notify:
         _last_notify_at = mono
+    if wakeup.has_subscribers():
+        _wake_after_commit(session)
     return await QueueDriver(session).alerts_enqueue(
         alerts,
         alert_type,

@@ -125,7 +125,7 @@ def chunk_rows(
     current: list[ClaimedAlert] = []
     size = 0
     for row in rows:
-        n = len(row.payload)
+        n = row.alert_count
         if current and size + n > limit:
             chunks.append(current)
             current, size = [], 0

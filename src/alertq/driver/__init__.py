@@ -23,7 +23,7 @@ from alertq.driver.queue import (
     get_queue_driver,
 )
 from alertq.driver.seed import AlertDriver, get_alert_driver
-from alertq.driver.sql import NOTIFY_CHANNEL, SUPERSEDED_REASON
+from alertq.driver.sql import NOTIFY_CHANNEL, SUPERSEDED_REASON, Outcome
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -33,6 +33,7 @@ __all__ = [
     "BreakerDriver",
     "ClaimedAlert",
     "KeepaliveCandidate",
+    "Outcome",
     "QueueCounts",
     "QueueDriver",
     "get_alert_driver",

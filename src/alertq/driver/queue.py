@@ -8,6 +8,7 @@ hot path, the keep-alive service, the producer and the operator actions use.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,7 @@ from alertq.driver.sql import (
     SENT,
     SUPERSEDE_OLDER,
     SUPERSEDED,
+    Outcome,
     Q,
     aware,
     dialect_for,
@@ -35,10 +37,15 @@ PURGE_BATCH = 5000
 
 @dataclass(frozen=True, slots=True)
 class ClaimedAlert:
-    """A row leased by :meth:`QueueDriver.alerts_claim`, as the engine needs it."""
+    """A row leased by :meth:`QueueDriver.alerts_claim`, as the engine needs it.
+
+    The payload comes as stored, JSON text of a list of alerts: the worker joins these
+    texts into its POST body and never decodes them (:attr:`payload` does, on demand).
+    """
 
     id: int
-    payload: list[dict[str, Any]]
+    payload_json: str
+    alert_count: int
     alert_type: str | None
     incident_id: str | None
     fingerprint: str | None
@@ -48,6 +55,12 @@ class ClaimedAlert:
     created_at: datetime
     reclaimed: bool
     """The row was still leased by another claim whose lease had expired (a dead worker)."""
+
+    @property
+    def payload(self) -> list[dict[str, Any]]:
+        """The payload, decoded (for logs and tests; the hot path uses ``payload_json``)."""
+        value: list[dict[str, Any]] = json.loads(self.payload_json)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,20 +162,28 @@ class QueueDriver:
         claimed = [
             ClaimedAlert(
                 id=r[0],
-                payload=r[1],
-                alert_type=r[2],
-                incident_id=r[3],
-                fingerprint=r[4],
-                attempts=r[5],
-                max_attempts=r[6],
-                delivered_to=list(r[7] or []),
-                created_at=aware(r[8]) or now,
-                reclaimed=r[9] is not None,
+                payload_json=r[1],
+                alert_count=r[2],
+                alert_type=r[3],
+                incident_id=r[4],
+                fingerprint=r[5],
+                attempts=r[6],
+                max_attempts=r[7],
+                # Almost always "[]": decode only what names a target.
+                delivered_to=[] if r[8] in (None, "[]") else json.loads(r[8]),
+                created_at=aware(r[9]) or now,
+                reclaimed=r[10] is not None,
             )
             for r in rows
         ]
         claimed.sort(key=lambda c: c.id)
         return claimed
+
+    async def alerts_record(self, lease_token: int, outcomes: Sequence[Outcome]) -> list[int]:
+        """Write every outcome of a delivery cycle in one statement (PostgreSQL: arrays and
+        ``unnest``; SQLite: one ``executemany``), each only while its row is still leased by
+        ``lease_token``. Returns the ids written, ascending; the others were taken over."""
+        return await self._sql.alerts_record(self.session, lease_token, outcomes)
 
     async def alerts_mark_sent(
         self,

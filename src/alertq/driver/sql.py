@@ -8,6 +8,9 @@ picks it once, in its constructor, and its methods never branch on the dialect.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +28,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -120,71 +124,19 @@ def _supersede_older_statement() -> Any:
     )
 
 
-def _enqueue_statement(notify: bool) -> Any:
-    """PostgreSQL's one-round-trip enqueue: retire, insert and (optionally) NOTIFY.
-
-    The superseding UPDATE runs in a CTE on the statement's snapshot, which cannot see the
-    new row: it retires exactly the older unleased pending rows of the fingerprint.
-    """
-    t: Table = CostSimAlertQueueModel.__table__  # type: ignore[assignment]
-    superseded = (
-        update(t)
-        .where(
-            t.c.fingerprint == bindparam("e_fp", type_=t.c.fingerprint.type),
-            # A literal, not a parameter: a generic plan must still match the partial index.
-            t.c.status == literal_column("'pending'"),
-            or_(
-                t.c.leased_until.is_(None),
-                t.c.leased_until <= bindparam("e_now", type_=t.c.leased_until.type),
-            ),
-        )
-        .values(
-            status=SUPERSEDED,
-            last_error=SUPERSEDED_REASON,
-            leased_until=None,
-            leased_by=None,
-        )
-        .returning(t.c.id)
-        .cte("superseded")
-    )
-    stmt = (
-        insert(t)
-        .values(
-            payload=bindparam("e_payload", type_=t.c.payload.type),
-            alert_type=bindparam("e_type", type_=t.c.alert_type.type),
-            circuit_breaker_name=bindparam("e_cb", type_=t.c.circuit_breaker_name.type),
-            incident_id=bindparam("e_incident", type_=t.c.incident_id.type),
-            fingerprint=bindparam("e_fp", type_=t.c.fingerprint.type),
-            max_attempts=bindparam("e_max", type_=t.c.max_attempts.type),
-            next_attempt_at=bindparam("e_now", type_=t.c.next_attempt_at.type),
-            created_at=bindparam("e_now", type_=t.c.created_at.type),
-            status=PENDING,
-            attempts=0,
-            lease_token=0,
-            delivered_to=literal([], t.c.delivered_to.type),
-        )
-        .add_cte(superseded)
-    )
-    extra = [func.pg_notify(literal(NOTIFY_CHANNEL), literal(""))] if notify else []
-    return stmt.returning(*t.c, *extra)
-
-
-def _claim_statements(dialect: str) -> tuple[Any, Any]:
-    """The claim's candidate SELECT and its leasing UPDATE, with bound parameters.
+def _sqlite_claim_statements() -> tuple[Any, Any]:
+    """SQLite's claim: the candidate SELECT and its leasing UPDATE, with bound parameters.
 
     Built once at import: building this statement cost more client CPU per claim than
-    running it. (``'pending'`` stays a bound value: PostgreSQL then keeps re-planning with
-    custom plans, which match the partial index; ``tests/test_query_plans.py`` checks it.)
+    running it.
     """
     ts = Q.__table__.c.next_attempt_at.type
     now = bindparam("c_now", type_=ts)
     inflight = aliased(Q)
-    pending: Any = Q.status == PENDING
-    if dialect == "sqlite":
-        # Without ANALYZE statistics SQLite picks the legacy status index and sorts every
-        # pending row on each claim (200 ms at 100k pending rows, write lock held).
-        # Marking the term unselective makes it walk ix_costsim_alert_queue_due in order.
-        pending = func.likelihood(pending, literal_column("0.9375"))
+    # Without ANALYZE statistics SQLite picks the legacy status index and sorts every
+    # pending row on each claim (200 ms at 100k pending rows, write lock held). Marking the
+    # term unselective makes it walk ix_costsim_alert_queue_due in order.
+    pending = func.likelihood(Q.status == PENDING, literal_column("0.9375"))
     candidates = (
         select(Q.id, Q.leased_until)
         .where(
@@ -212,27 +164,19 @@ def _claim_statements(dialect: str) -> tuple[Any, Any]:
         "lease_token": bindparam("c_token", type_=BigInteger()),
         "leased_by": bindparam("c_worker", type_=Text()),
     }
+    # The payload as stored (JSON text), never decoded: the worker joins it into the POST.
     columns = (
         Q.id,
-        Q.payload,
+        type_coerce(Q.payload, Text()),
+        func.json_array_length(Q.payload),
         Q.alert_type,
         Q.incident_id,
         Q.fingerprint,
         Q.attempts,
         Q.max_attempts,
-        Q.delivered_to,
+        type_coerce(Q.delivered_to, Text()),
         Q.created_at,
     )
-    if dialect == "postgresql":
-        sub = candidates.subquery()
-        stmt = (
-            update(Q)
-            .where(Q.id == sub.c.id)
-            .values(**lease)
-            .returning(*columns, sub.c.leased_until)
-            .execution_options(synchronize_session=False)
-        )
-        return None, stmt
     stmt = (
         update(Q)
         .where(Q.id.in_(bindparam("c_ids", expanding=True)))
@@ -244,10 +188,165 @@ def _claim_statements(dialect: str) -> tuple[Any, Any]:
 
 
 SUPERSEDE_OLDER = _supersede_older_statement()
-_ENQUEUE_PG = {notify: _enqueue_statement(notify) for notify in (False, True)}
-_CLAIM_PG = _claim_statements("postgresql")[1]
-_CLAIM_SQLITE_CANDIDATES, _CLAIM_SQLITE = _claim_statements("sqlite")
+_CLAIM_SQLITE_CANDIDATES, _CLAIM_SQLITE = _sqlite_claim_statements()
 _NOTIFY = select(func.pg_notify(literal(NOTIFY_CHANNEL), literal("")))
+
+
+# ---------------------------------------------------------------------------- the hot path
+#
+# The worker's claim and record, and the producer's enqueue, are the statements that run
+# for every alert. Through SQLAlchemy's statement handling a 256-row claim cost about
+# 7 ms of client CPU against 0.7 ms over asyncpg itself (docs/benchmarks.md), so on
+# PostgreSQL they run as plain SQL on the session's own asyncpg connection, inside the
+# session's transaction (see pg_connection). asyncpg prepares each once per connection.
+
+PG_CLAIM = """\
+UPDATE costsim_alert_queue AS q
+   SET attempts = q.attempts + 1, last_attempt_at = $1, next_attempt_at = $3,
+       leased_until = $3, lease_token = $4, leased_by = $5
+  FROM (SELECT c.id, c.leased_until
+          FROM costsim_alert_queue AS c
+         WHERE c.status = $6 AND c.next_attempt_at <= $1
+           AND (c.fingerprint IS NULL OR NOT EXISTS (
+                SELECT 1 FROM costsim_alert_queue AS f
+                 WHERE f.fingerprint = c.fingerprint AND f.status = $6
+                   AND f.leased_until > $1 AND f.id <> c.id))
+         ORDER BY c.next_attempt_at, c.id
+         LIMIT $2
+           FOR UPDATE OF c SKIP LOCKED) AS sub
+ WHERE q.id = sub.id
+RETURNING q.id, q.payload::text, jsonb_array_length(q.payload), q.alert_type, q.incident_id,
+          q.fingerprint, q.attempts, q.max_attempts, q.delivered_to::text, q.created_at,
+          sub.leased_until"""
+"""Lease due rows: ``$1`` now, ``$2`` limit, ``$3`` lease end, ``$4`` token, ``$5`` worker,
+``$6`` ``'pending'``. The status stays a parameter: PostgreSQL then keeps re-planning with
+custom plans, which match the partial index (``tests/test_query_plans.py`` checks it)."""
+
+
+def _pg_enqueue(notify: bool) -> str:
+    """Retire the fingerprint's older unleased pending rows, insert, and maybe NOTIFY, in
+    one round trip. The CTE's UPDATE runs on the statement's snapshot, which cannot see the
+    new row: it retires exactly the older ones. ``'pending'`` is a literal, so a generic
+    plan still matches the partial fingerprint index."""
+    extra = f", pg_notify('{NOTIFY_CHANNEL}', '')" if notify else ""
+    return f"""\
+WITH superseded AS (
+    UPDATE costsim_alert_queue
+       SET status = 'superseded', last_error = $8, leased_until = NULL, leased_by = NULL
+     WHERE fingerprint = $5 AND status = 'pending'
+       AND (leased_until IS NULL OR leased_until <= $7)
+    RETURNING id)
+INSERT INTO costsim_alert_queue
+    (payload, alert_type, circuit_breaker_name, incident_id, fingerprint, max_attempts,
+     next_attempt_at, created_at, status, attempts, lease_token, delivered_to)
+VALUES ($1::jsonb, $2, $3, $4, $5, $6, $7, $7, 'pending', 0, 0, '[]'::jsonb)
+RETURNING *{extra}"""
+
+
+PG_ENQUEUE = {notify: _pg_enqueue(notify) for notify in (False, True)}
+"""``$1`` payload (JSON text), ``$2`` alert type, ``$3`` breaker, ``$4`` incident, ``$5``
+fingerprint, ``$6`` max attempts, ``$7`` now, ``$8`` the superseded rows' last error."""
+
+PG_RECORD = """\
+UPDATE costsim_alert_queue AS q
+   SET status = o.status,
+       sent_at = coalesce(o.sent_at, q.sent_at),
+       next_attempt_at = coalesce(o.next_attempt_at, q.next_attempt_at),
+       last_error = o.last_error,
+       delivered_to = coalesce(o.delivered_to::jsonb, q.delivered_to),
+       leased_until = NULL, leased_by = NULL
+  FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[],
+              $6::text[]) AS o(id, status, sent_at, next_attempt_at, last_error, delivered_to)
+ WHERE q.id = o.id AND q.lease_token = $7 AND q.status = 'pending'
+RETURNING q.id"""
+"""Every outcome of a cycle in one statement, one array element per row; fenced."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to write on one leased row when its cycle is recorded."""
+
+    id: int
+    status: str
+    last_error: str | None
+    delivered_to: Sequence[str] | None
+    """None leaves the column as it is."""
+    sent_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    """None leaves the column as it is."""
+
+
+async def pg_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under ``session``, inside the session's transaction.
+
+    SQLAlchemy begins its transaction on the driver connection lazily, at the first
+    statement it runs itself; begin it now, through SQLAlchemy's own adapter, so that the
+    session's COMMIT or ROLLBACK covers what runs here.
+    """
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    adapter: Any = raw.dbapi_connection
+    if adapter._transaction is None:
+        await adapter._start_transaction()
+    return raw.driver_connection
+
+
+def _record_params(outcomes: Sequence[Outcome]) -> list[list[Any]]:
+    encoded: dict[tuple[str, ...], str] = {}
+
+    def delivered(value: Sequence[str] | None) -> str | None:
+        if value is None:
+            return None
+        key = tuple(value)
+        if key not in encoded:
+            encoded[key] = json.dumps(list(key))
+        return encoded[key]
+
+    return [
+        [o.id for o in outcomes],
+        [o.status for o in outcomes],
+        [o.sent_at for o in outcomes],
+        [o.next_attempt_at for o in outcomes],
+        [o.last_error for o in outcomes],
+        [delivered(o.delivered_to) for o in outcomes],
+    ]
+
+
+def _sqlite_record_statement() -> Any:
+    """One row's outcome; run with ``executemany`` over every row of a cycle.
+
+    On the Core table, not the ORM entity: a list of parameter sets then means a plain
+    ``executemany``, not an ORM bulk update by primary key.
+    """
+    t: Table = Q.__table__  # type: ignore[assignment]
+    ts = t.c.next_attempt_at.type
+    return (
+        update(t)
+        .where(t.c.id == bindparam("r_id", type_=BigInteger()))
+        .values(
+            status=bindparam("r_status", type_=Text()),
+            sent_at=func.coalesce(bindparam("r_sent_at", type_=ts), t.c.sent_at),
+            next_attempt_at=func.coalesce(bindparam("r_next", type_=ts), t.c.next_attempt_at),
+            last_error=bindparam("r_error", type_=Text()),
+            delivered_to=func.coalesce(
+                bindparam("r_delivered", type_=Text()), type_coerce(t.c.delivered_to, Text())
+            ),
+            leased_until=None,
+            leased_by=None,
+        )
+    )
+
+
+_RECORD_SQLITE = _sqlite_record_statement()
+_RECORD_SQLITE_FENCE = (
+    select(Q.id)
+    .where(
+        Q.id.in_(bindparam("r_ids", expanding=True)),
+        Q.lease_token == bindparam("r_token", type_=BigInteger()),
+        Q.status == PENDING,
+    )
+    .order_by(Q.id)
+)
 
 
 # ---------------------------------------------------------------------------- dialects
@@ -274,6 +373,13 @@ class Dialect:
         """NOTIFY workers, if the dialect can (delivered when the transaction commits)."""
         raise NotImplementedError
 
+    async def alerts_record(
+        self, session: AsyncSession, lease_token: int, outcomes: Sequence[Outcome]
+    ) -> list[int]:
+        """Write every outcome on its row while the row is still leased by
+        ``lease_token``; returns the ids written, ascending."""
+        raise NotImplementedError
+
     def states_insert_ignore(self, values: dict[str, Any]) -> Any:
         """``INSERT`` of a breaker state row that does nothing if the name exists."""
         raise NotImplementedError
@@ -284,22 +390,44 @@ class PostgresDialect(Dialect):
 
     async def alerts_claim(self, session: AsyncSession, params: dict[str, Any]) -> list[Any]:
         # One statement: lock, lease and return, with the previous lease for reclaims.
-        return list((await session.execute(_CLAIM_PG, params)).all())
+        conn = await pg_connection(session)
+        return list(
+            await conn.fetch(
+                PG_CLAIM,
+                params["c_now"],
+                params["c_limit"],
+                params["c_lease"],
+                params["c_token"],
+                params["c_worker"],
+                PENDING,
+            )
+        )
+
+    async def alerts_record(
+        self, session: AsyncSession, lease_token: int, outcomes: Sequence[Outcome]
+    ) -> list[int]:
+        if not outcomes:
+            return []
+        conn = await pg_connection(session)
+        rows = await conn.fetch(PG_RECORD, *_record_params(outcomes), lease_token)
+        return sorted(r[0] for r in rows)
 
     async def alerts_enqueue(
         self, session: AsyncSession, values: dict[str, Any], notify: bool
     ) -> CostSimAlertQueueModel:
-        params = {
-            "e_payload": values["payload"],
-            "e_type": values["alert_type"],
-            "e_cb": values["circuit_breaker_name"],
-            "e_incident": values["incident_id"],
-            "e_fp": values["fingerprint"],
-            "e_max": values["max_attempts"],
-            "e_now": values["created_at"],
-        }
-        result = (await session.execute(_ENQUEUE_PG[notify], params)).one()
-        row = Q(**{c.key: result._mapping[c] for c in Q.__table__.c})
+        conn = await pg_connection(session)
+        result = await conn.fetchrow(
+            PG_ENQUEUE[notify],
+            json.dumps(values["payload"]),  # the connection's jsonb codec takes JSON text
+            values["alert_type"],
+            values["circuit_breaker_name"],
+            values["incident_id"],
+            values["fingerprint"],
+            values["max_attempts"],
+            values["created_at"],
+            SUPERSEDED_REASON,
+        )
+        row = Q(**{c.key: result[c.name] for c in Q.__table__.c})
         # As though loaded by a query: persistent in this session, nothing left to flush.
         make_transient_to_detached(row)
         session.add(row)
@@ -334,7 +462,40 @@ class SqliteDialect(Dialect):
         return row
 
     async def alerts_notify(self, session: AsyncSession) -> None:
-        return None  # No LISTEN/NOTIFY: SQLite workers poll.
+        return None  # No LISTEN/NOTIFY: SQLite workers watch PRAGMA data_version.
+
+    async def alerts_record(
+        self, session: AsyncSession, lease_token: int, outcomes: Sequence[Outcome]
+    ) -> list[int]:
+        if not outcomes:
+            return []
+        # Writers are serialised (BEGIN IMMEDIATE): the rows still leased by this token
+        # cannot change between this read and the executemany that writes them.
+        fence = {"r_ids": [o.id for o in outcomes], "r_token": lease_token}
+        applied = list((await session.scalars(_RECORD_SQLITE_FENCE, fence)).all())
+        if not applied:
+            return []
+        keep = set(applied)
+        ids, statuses, sent, nxt, errors, delivered = _record_params(
+            [o for o in outcomes if o.id in keep]
+        )
+        await session.execute(
+            _RECORD_SQLITE,
+            [
+                {
+                    "r_id": i,
+                    "r_status": st,
+                    "r_sent_at": se,
+                    "r_next": nx,
+                    "r_error": er,
+                    "r_delivered": de,
+                }
+                for i, st, se, nx, er, de in zip(
+                    ids, statuses, sent, nxt, errors, delivered, strict=True
+                )
+            ],
+        )
+        return applied
 
     def states_insert_ignore(self, values: dict[str, Any]) -> Any:
         return sqlite_insert(State).values(**values).on_conflict_do_nothing(index_elements=["name"])
