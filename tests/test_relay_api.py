@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event, select
 
+from alertq import wakeup
 from alertq.alerts import label_fingerprint
 from alertq.api import create_app
 from alertq.config import Settings
@@ -65,8 +66,11 @@ async def relay(settings: Settings) -> AsyncIterator[Relay]:
             def wake() -> None:
                 r.woken += 1
 
-            app.state.relay_wake = wake
-            yield r
+            unsubscribe = wakeup.subscribe(wake)  # as a worker of this process would
+            try:
+                yield r
+            finally:
+                unsubscribe()
     finally:
         await engine.dispose()
 

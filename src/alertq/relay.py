@@ -22,7 +22,6 @@ import importlib.metadata
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +29,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from alertq import metrics
+from alertq import metrics, wakeup
 from alertq.config import Settings
 from alertq.db import transaction
 from alertq.driver.intake import IntakeDriver, IntakeRow
@@ -158,9 +157,7 @@ async def _post_alerts(request: Request) -> Response:
                 media_type="application/json",
             )
         metrics.INTAKE_ALERTS.labels("stored").inc(len(result.alerts))
-        wake: Callable[[], None] | None = getattr(request.app.state, "relay_wake", None)
-        if wake is not None:
-            wake()
+        wakeup.wake_workers()  # the worker of this process picks the alerts up at once
     if result.status == 200:
         return Response(status_code=200)
     return Response(result.body, status_code=result.status, media_type=result.content_type)

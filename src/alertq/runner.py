@@ -271,7 +271,6 @@ async def run_service(settings: Settings) -> int:
         context = OpsContext(settings, factory, worker_stats=worker.stats)
         collector = Collector(context, probe, settings.stats_cache_seconds)
         app = create_app(context)
-        app.state.relay_wake = worker.wake  # a relayed alert wakes this process's worker
         warn_open_intake(settings, host)
         server = _Server(
             uvicorn.Config(
