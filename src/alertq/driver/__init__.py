@@ -15,6 +15,7 @@ the verb.
 """
 
 from alertq.driver.breaker import BreakerDriver, KeepaliveCandidate, get_breaker_driver
+from alertq.driver.managed import ManagedDriver, ManagedDue, get_managed_driver
 from alertq.driver.queue import (
     PURGE_BATCH,
     ClaimedAlert,
@@ -33,9 +34,12 @@ __all__ = [
     "BreakerDriver",
     "ClaimedAlert",
     "KeepaliveCandidate",
+    "ManagedDriver",
+    "ManagedDue",
     "QueueCounts",
     "QueueDriver",
     "get_alert_driver",
     "get_breaker_driver",
+    "get_managed_driver",
     "get_queue_driver",
 ]
