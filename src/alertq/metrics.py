@@ -92,3 +92,13 @@ def set_alertmanager_up(target: str, up: bool, at: float) -> None:
     """Publish one readiness check of one Alertmanager (by its credential-free key)."""
     ALERTMANAGER_UP.labels(target).set(1 if up else 0)
     ALERTMANAGER_LAST_CHECK.labels(target).set(at)
+
+
+# Managed alerts and heartbeats.
+MANAGED_FIRED = Counter("alertq_managed_fired_total", "Managed alerts that started firing.")
+MANAGED_RESOLVED = Counter(
+    "alertq_managed_resolved_total", "Managed alerts resolved by hand (expiries not counted)."
+)
+HEARTBEATS_MISSED = Counter(
+    "alertq_heartbeats_missed_total", "Heartbeats that missed their deadline (fired once each)."
+)
