@@ -29,6 +29,7 @@ from alertq.config import Settings
 from alertq.db import DatabaseOutage, is_database_error, transaction
 from alertq.driver import get_breaker_driver, get_queue_driver
 from alertq.models import Clock, utcnow
+from alertq.managed import ManagedKeepalive
 
 log = logging.getLogger("alertq.keepalive")
 
@@ -132,6 +133,7 @@ class KeepaliveService:
         self.clock = clock
         self.on_rearm = on_rearm
         self.outage = outage or DatabaseOutage(settings.database_url, logger=log)
+        self._managed = ManagedKeepalive(settings, session_factory, clock=lambda: self.clock())
 
     async def run_once(self) -> int:
         """One keep-alive pass; returns how many rows were re-armed.
@@ -183,6 +185,7 @@ class KeepaliveService:
                     rearmed += 1
             if rearmed:
                 await queue.alerts_notify()
+        rearmed += (await self._managed.run_once()).queued
         if rearmed:
             metrics.KEEPALIVES.inc(rearmed)
             log.debug("keep-alive re-armed %d alert rows", rearmed)

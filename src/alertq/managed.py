@@ -50,7 +50,7 @@ from alertq.alerts import (
 )
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory, transaction
-from alertq.driver import get_alert_driver
+from alertq.driver import get_queue_driver
 from alertq.driver.managed import ManagedDriver, ManagedDue
 from alertq.enqueue import enqueue_alert
 from alertq.models import HeartbeatState, ManagedAlertModel, ManagedState
@@ -727,7 +727,7 @@ class ManagedKeepalive:
             plain.extend(updates.values())
             await driver.managed_set_keepalive_many(plain)
             if result.queued:
-                await get_alert_driver(s).notify_enqueued()
+                await get_queue_driver(s).alerts_notify()
             return len(due)
 
     async def _rewrite(
@@ -773,7 +773,7 @@ class ManagedKeepalive:
                     metrics.HEARTBEATS_MISSED.inc()
                     log.warning("heartbeat %s missed its deadline", hb.name)
             if result.heartbeats_missing:
-                await get_alert_driver(s).notify_enqueued()
+                await get_queue_driver(s).alerts_notify()
 
 
 def _human(delta: timedelta) -> str:
