@@ -1,11 +1,18 @@
 """Managed alerts and heartbeats: alerts alertq keeps true for any producer.
 
+The circuit breaker's open incidents become managed alerts here, so keep-alive goes on
+re-sending them after an in-place upgrade (keep-alive now reads only managed alerts).
+
 Revision ID: 0003_managed_alerts
 Revises: 0002
 Create Date: 2026-12-01
 """
 
 from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -75,6 +82,73 @@ def upgrade() -> None:
         postgresql_where=sa.text("state = 'ok'"),
         sqlite_where=sa.text("state = 'ok'"),
     )
+    _adopt_open_incidents()
+
+
+def _aware(value: Any) -> datetime:
+    moment: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _adopt_open_incidents() -> None:
+    """One managed alert per open incident, from its newest firing (``disable``) row, due
+    for keep-alive at once. Incidents without such a row have nothing to keep alive."""
+    bind = op.get_bind()
+    rows = bind.execute(
+        sa.text(
+            """
+            SELECT q.id, q.payload, q.fingerprint, i.id, i.circuit_breaker_name, i.timestamp
+              FROM costsim_cb_incidents i
+              JOIN costsim_alert_queue q ON q.incident_id = i.id AND q.alert_type = 'disable'
+             WHERE NOT i.resolved AND q.fingerprint IS NOT NULL
+               AND q.id = (SELECT max(q2.id) FROM costsim_alert_queue q2
+                            WHERE q2.incident_id = i.id AND q2.alert_type = 'disable')
+            """
+        )
+    ).all()
+    sqlite = bind.dialect.name == "sqlite"
+
+    def ts(value: Any) -> datetime:
+        moment = _aware(value).astimezone(UTC)
+        return moment.replace(tzinfo=None) if sqlite else moment  # as the models store it
+
+    now = datetime.now(UTC)
+    plain = (
+        "fingerprint", "state", "firing_row_id", "firing_type", "resolving_type",
+        "circuit_breaker_name", "incident_id", "generator_url",
+    )  # fmt: skip
+    table = sa.table(
+        "alertq_managed_alerts",
+        *(sa.column(name) for name in plain),
+        *(sa.column(name, JSON) for name in ("labels", "annotations")),
+        *(
+            sa.column(name, TS)
+            for name in ("starts_at", "keepalive_at", "created_at", "updated_at")
+        ),
+    )
+    for row_id, payload, fingerprint, incident_id, name, started in rows:
+        alerts = json.loads(payload) if isinstance(payload, str) else payload
+        if not isinstance(alerts, list) or len(alerts) != 1:
+            continue  # not a single alert: not something alertq's breaker wrote
+        alert = alerts[0]
+        bind.execute(
+            table.insert().values(
+                fingerprint=fingerprint,
+                labels=alert.get("labels", {}),
+                annotations=alert.get("annotations", {}),
+                generator_url=alert.get("generatorURL"),
+                state="firing",
+                starts_at=ts(started),
+                keepalive_at=ts(started),  # in the past: due on the first pass
+                firing_row_id=row_id,
+                firing_type="disable",
+                resolving_type="enable",
+                circuit_breaker_name=name,
+                incident_id=incident_id,
+                created_at=ts(now),
+                updated_at=ts(now),
+            )
+        )
 
 
 def downgrade() -> None:
