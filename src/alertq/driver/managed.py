@@ -100,13 +100,11 @@ class ManagedDriver:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-
-    @property
-    def _dialect(self) -> str:
-        return self.session.get_bind().dialect.name
+        name = session.get_bind().dialect.name
+        self._steps = _PostgresSteps() if name == "postgresql" else _SqliteSteps()
 
     def _insert(self, model: Any) -> Any:
-        return pg_insert(model) if self._dialect == "postgresql" else sqlite_insert(model)
+        return self._steps.insert(model)
 
     # -- managed alerts
 
@@ -236,49 +234,7 @@ class ManagedDriver:
         the ids re-armed."""
         if not rows:
             return []
-        if self._dialect == "postgresql":
-            result = await self.session.execute(
-                _REARM_PG,
-                {
-                    "ids": [i for i, _ in rows],
-                    "payloads": [json.dumps(p, separators=(",", ":")) for _, p in rows],
-                    "now": now,
-                },
-            )
-            return [int(i) for i in result.scalars().all()]
-        newer = aliased(Q)
-        done: list[int] = []
-        for row_id, payload in rows:
-            stmt = (
-                update(Q)
-                .where(
-                    Q.id == row_id,
-                    Q.status.in_([SENT, FAILED]),
-                    ~exists().where(
-                        newer.fingerprint == Q.fingerprint,
-                        newer.id > Q.id,
-                        newer.status == PENDING,
-                    ),
-                )
-                .values(
-                    payload=payload,
-                    next_attempt_at=now,
-                    created_at=now,
-                    delivered_to=[],
-                    **_REARM_VALUES,
-                )
-                .returning(Q.id)
-                .execution_options(synchronize_session=False)
-            )
-            if (await self.session.execute(stmt)).first() is not None:
-                done.append(row_id)
-        return done
-
-    async def managed_rows_status(self, row_ids: Sequence[int]) -> dict[int, str]:
-        if not row_ids:
-            return {}
-        stmt = select(Q.id, Q.status).where(Q.id.in_(list(row_ids)))
-        return {int(i): str(s) for i, s in (await self.session.execute(stmt)).all()}
+        return await self._steps.rows_rearm(self.session, rows, now)
 
     async def managed_rows_update_pending(self, row_id: int, payload: list[dict[str, Any]]) -> bool:
         """Replace the payload of a row still waiting (pending and not leased)."""
@@ -362,6 +318,69 @@ class ManagedDriver:
             .execution_options(populate_existing=True)
         )
         return list((await self.session.scalars(stmt)).all())
+
+
+class _PostgresSteps:
+    """The statements whose SQL differs on PostgreSQL (chosen once per driver)."""
+
+    def insert(self, model: Any) -> Any:
+        return pg_insert(model)
+
+    async def rows_rearm(
+        self,
+        session: AsyncSession,
+        rows: Sequence[tuple[int, list[dict[str, Any]]]],
+        now: datetime,
+    ) -> list[int]:
+        # One statement for the whole batch: arrays and unnest.
+        params = {
+            "ids": [i for i, _ in rows],
+            "payloads": [json.dumps(p, separators=(",", ":")) for _, p in rows],
+            "now": now,
+        }
+        return [int(i) for i in (await session.execute(_REARM_PG, params)).scalars().all()]
+
+
+class _SqliteSteps:
+    """The statements whose SQL differs on SQLite (chosen once per driver)."""
+
+    def insert(self, model: Any) -> Any:
+        return sqlite_insert(model)
+
+    async def rows_rearm(
+        self,
+        session: AsyncSession,
+        rows: Sequence[tuple[int, list[dict[str, Any]]]],
+        now: datetime,
+    ) -> list[int]:
+        # One statement per row: in-process, inside the write lock, so cheap.
+        newer = aliased(Q)
+        done: list[int] = []
+        for row_id, payload in rows:
+            stmt = (
+                update(Q)
+                .where(
+                    Q.id == row_id,
+                    Q.status.in_([SENT, FAILED]),
+                    ~exists().where(
+                        newer.fingerprint == Q.fingerprint,
+                        newer.id > Q.id,
+                        newer.status == PENDING,
+                    ),
+                )
+                .values(
+                    payload=payload,
+                    next_attempt_at=now,
+                    created_at=now,
+                    delivered_to=[],
+                    **_REARM_VALUES,
+                )
+                .returning(Q.id)
+                .execution_options(synchronize_session=False)
+            )
+            if (await session.execute(stmt)).first() is not None:
+                done.append(row_id)
+        return done
 
 
 def _seconds(value: float) -> timedelta:
