@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from alertq import metrics, ops
+from alertq.api_managed import managed_router
 from alertq.config import parse_duration
 from alertq.models import AlertStatus
 from alertq.opsview import DatabaseUnavailable, OpsContext, describe_db_error
@@ -147,6 +148,7 @@ def create_app(context: OpsContext) -> FastAPI:
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     _routes(app)
+    app.include_router(managed_router(Authorized))  # managed alerts, heartbeats
     return app
 
 

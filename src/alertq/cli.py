@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from alertq import migrate, ops
+from alertq import cli_managed, migrate, ops
 from alertq.alerts import InvalidAlertPayload, parse_payload
 from alertq.breaker import BreakerState, CircuitBreaker
 from alertq.config import Settings, parse_duration
@@ -404,6 +404,9 @@ def breaker_report_drift(
     settings = load_settings()
     state = _run_breaker(settings, lambda cb: cb.report_drift(name, score, samples))
     console.print(_breaker_table([state]))
+
+
+cli_managed.register(app)  # fire, resolve, heartbeat, alerts --managed, heartbeats
 
 
 def main() -> None:

@@ -81,8 +81,8 @@ log = logging.getLogger("alertq.managed")
 MANAGED_FIRING_TYPE = "managed_firing"
 MANAGED_RESOLVING_TYPE = "managed_resolving"
 HEARTBEAT_ALERTNAME = "HeartbeatMissing"
-MAX_EXPIRES_IN = timedelta(days=366)
-MAX_HEARTBEAT_WINDOW = timedelta(days=366)
+MAX_EXPIRES_IN = timedelta(days=1000)
+MAX_HEARTBEAT_WINDOW = timedelta(days=1000)
 MIN_HEARTBEAT_WINDOW = timedelta(seconds=1)
 MAX_NAME_LENGTH = 200
 KEEPALIVE_BATCH = 1000
