@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+import alertq
 from alertq import managed
 from alertq.alerts import InvalidAlertPayload, label_fingerprint
 from alertq.config import Settings
@@ -251,16 +252,16 @@ def _count_sync(db_url: str, model: Any) -> int:
 
 
 def test_sync_api_works_from_plain_synchronous_code_and_many_threads(db_url: str) -> None:
-    managed.configure(Settings(database_url=db_url))
+    alertq.configure(Settings(database_url=db_url))
     try:
-        out = managed.fire_sync(DISK, {"summary": "from a script"})
+        out = alertq.fire_sync(DISK, {"summary": "from a script"})
         assert out.detail == "fired"
         errors: list[BaseException] = []
 
         def worker(i: int) -> None:  # e.g. a threaded WSGI server's request threads
             try:
-                managed.fire_sync({"alertname": "Job", "job": str(i)})
-                managed.heartbeat_sync(f"job{i}", 60)
+                alertq.fire_sync({"alertname": "Job", "job": str(i)})
+                alertq.heartbeat_sync(f"job{i}", 60)
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
@@ -270,11 +271,11 @@ def test_sync_api_works_from_plain_synchronous_code_and_many_threads(db_url: str
         for t in threads:
             t.join(30)
         assert errors == []
-        assert managed.resolve_sync(DISK).detail == "resolved"
-        assert managed.resolve_sync(DISK).detail == "not firing"
+        assert alertq.resolve_sync(DISK).detail == "resolved"
+        assert alertq.resolve_sync(DISK).detail == "not firing"
         with pytest.raises(InvalidAlertPayload, match="labels must include alertname"):
-            managed.fire_sync({"host": "db1"})
+            alertq.fire_sync({"host": "db1"})
     finally:
-        managed.configure()
+        alertq.configure()
     assert _count_sync(db_url, ManagedAlertModel) == 5
     assert _count_sync(db_url, HeartbeatModel) == 4
