@@ -341,6 +341,34 @@ class _PostgresSteps:
         return [int(i) for i in (await session.execute(_REARM_PG, params)).scalars().all()]
 
 
+_NEWER = aliased(Q)
+# SQLite: which of the given rows may be re-armed (one statement), then the re-arm itself as
+# one executemany. Both are built once; the write lock (BEGIN IMMEDIATE) keeps the rows as
+# read between the two.
+_SQLITE_REARMABLE = select(Q.id).where(
+    Q.id.in_(bindparam("ids", expanding=True)),
+    Q.status.in_([SENT, FAILED]),
+    ~exists().where(
+        _NEWER.fingerprint == Q.fingerprint,
+        _NEWER.id > Q.id,
+        _NEWER.status == PENDING,
+    ),
+)
+_QT = Q.__table__
+assert isinstance(_QT, Table)
+_SQLITE_REARM = (
+    _QT.update()
+    .where(_QT.c.id == bindparam("r_id"))
+    .values(
+        payload=bindparam("r_payload"),
+        next_attempt_at=bindparam("r_now"),
+        created_at=bindparam("r_now"),
+        delivered_to=[],
+        **_REARM_VALUES,
+    )
+)
+
+
 class _SqliteSteps:
     """The statements whose SQL differs on SQLite (chosen once per driver)."""
 
@@ -353,34 +381,13 @@ class _SqliteSteps:
         rows: Sequence[tuple[int, list[dict[str, Any]]]],
         now: datetime,
     ) -> list[int]:
-        # One statement per row: in-process, inside the write lock, so cheap.
-        newer = aliased(Q)
-        done: list[int] = []
-        for row_id, payload in rows:
-            stmt = (
-                update(Q)
-                .where(
-                    Q.id == row_id,
-                    Q.status.in_([SENT, FAILED]),
-                    ~exists().where(
-                        newer.fingerprint == Q.fingerprint,
-                        newer.id > Q.id,
-                        newer.status == PENDING,
-                    ),
-                )
-                .values(
-                    payload=payload,
-                    next_attempt_at=now,
-                    created_at=now,
-                    delivered_to=[],
-                    **_REARM_VALUES,
-                )
-                .returning(Q.id)
-                .execution_options(synchronize_session=False)
-            )
-            if (await session.execute(stmt)).first() is not None:
-                done.append(row_id)
-        return done
+        ids = [i for i, _ in rows]
+        ok = set((await session.scalars(_SQLITE_REARMABLE, {"ids": ids})).all())
+        params = [{"r_id": i, "r_payload": p, "r_now": now} for i, p in rows if i in ok]
+        if params:
+            conn = await session.connection()
+            await conn.execute(_SQLITE_REARM, params)
+        return [i for i in ids if i in ok]
 
 
 def _seconds(value: float) -> timedelta:
