@@ -279,3 +279,12 @@ def test_sync_api_works_from_plain_synchronous_code_and_many_threads(db_url: str
         alertq.configure()
     assert _count_sync(db_url, ManagedAlertModel) == 5
     assert _count_sync(db_url, HeartbeatModel) == 4
+
+
+async def test_managed_rows_get_the_configured_max_attempts(
+    db_url: str, session_factory: Factory
+) -> None:
+    service = ManagedAlerts(Settings(database_url=db_url, max_attempts=3), session_factory)
+    await service.fire(DISK)
+    await service.resolve(DISK)
+    assert [r.max_attempts for r in await queue_rows(session_factory)] == [3, 3]

@@ -494,6 +494,7 @@ async def fire_in(
         circuit_breaker_name,
         incident_id,
         now=now,
+        max_attempts=settings.max_attempts,
         notify_throttle=settings.notify_throttle,
     )
     old = [i for i in (row.firing_row_id, row.resolving_row_id) if i is not None]
@@ -559,6 +560,7 @@ async def _refire(
                 row.circuit_breaker_name,
                 row.incident_id,
                 now=now,
+                max_attempts=settings.max_attempts,
                 notify_throttle=settings.notify_throttle,
             )
             if current is not None:
@@ -615,6 +617,7 @@ async def _resolve_row(
         row.circuit_breaker_name,
         row.incident_id,
         now=now,
+        max_attempts=settings.max_attempts,
         notify_throttle=settings.notify_throttle,
     )
     old = row.resolving_row_id
@@ -748,6 +751,7 @@ class ManagedKeepalive:
             a.circuit_breaker_name,
             a.incident_id,
             now=now,
+            max_attempts=self.settings.max_attempts,
             notify_throttle=self.settings.notify_throttle,
         )
         column = "firing_row_id" if firing else "resolving_row_id"
