@@ -29,7 +29,10 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_ADMIN_URL = os.environ.get(
     "ALERTQ_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
-TABLES = "costsim_alert_queue, costsim_cb_incidents, costsim_cb_state"
+TABLES = (
+    "costsim_alert_queue, costsim_cb_incidents, costsim_cb_state, "
+    "alertq_managed_alerts, alertq_heartbeats"
+)
 
 
 def unavailable(what: str, why: str) -> None:

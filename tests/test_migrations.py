@@ -25,6 +25,9 @@ from alertq.migrate import current, upgrade
 from alertq.models import Base
 from tests.conftest import PG_ADMIN_URL, _admin, unavailable
 
+HEAD = "0004_intake_source"
+"""The newest revision: an upgraded database is stamped with it."""
+
 LEGACY_DDL = [
     """CREATE TABLE costsim_alert_queue (
         id BIGSERIAL PRIMARY KEY,
@@ -119,13 +122,13 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def test_migrations_match_the_models(empty_url: str) -> None:
     upgrade(empty_url)
     assert schema_diff(empty_url) == []
-    assert current(empty_url) == "0004_intake_source"
+    assert current(empty_url) == HEAD
 
 
 def test_upgrade_twice_is_a_no_op(empty_url: str) -> None:
     upgrade(empty_url)
     upgrade(empty_url)
-    assert current(empty_url) == "0004_intake_source"
+    assert current(empty_url) == HEAD
 
 
 @pytest.mark.postgres
@@ -177,7 +180,7 @@ def test_legacy_database_is_adopted_without_losing_a_row(empty_pg_url: str) -> N
         [sys.executable, "-m", "alertq", "db", "upgrade"], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert current(empty_pg_url) == "0004_intake_source"
+    assert current(empty_pg_url) == HEAD
     assert schema_diff(empty_pg_url) == []
 
     async def read_back() -> None:

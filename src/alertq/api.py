@@ -32,6 +32,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from alertq import limits, metrics, ops, relay
+from alertq.api_managed import managed_router
 from alertq.config import parse_duration
 from alertq.httpguard import RequestGuard, check_bearer
 from alertq.models import AlertStatus
@@ -163,6 +164,7 @@ def create_app(context: OpsContext) -> FastAPI:
     app.add_middleware(
         RequestGuard, settings=lambda: _context_of(app).settings, needs_token=_needs_token(app)
     )
+    app.include_router(managed_router(Authorized))  # managed alerts, heartbeats
     return app
 
 

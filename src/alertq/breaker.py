@@ -13,11 +13,11 @@ so any number of replicas may report and check at once:
 * closing resolves the incident, resets the breaker and enqueues the resolving alert.
 
 Both alerts are built from the incident by :mod:`alertq.alerts` with identical labels, so
-Alertmanager resolves exactly the alert it was firing. Keeping the firing alert alive in
-Alertmanager while the incident is open is the engine's job (see
-:class:`alertq.keepalive.KeepaliveService`). Recording that an incident's alert was
-delivered is this module's :data:`INCIDENT_RECORD_HOOK`, which the worker calls after
-each record.
+Alertmanager resolves exactly the alert it was firing. The breaker is a user of managed
+alerts (:mod:`alertq.managed`): a trip fires one, a reset resolves it, and keep-alive
+(:class:`alertq.keepalive.KeepaliveService`) keeps it true in Alertmanager the way it does
+every managed alert. Recording that an incident's alert was delivered is this module's
+:data:`INCIDENT_RECORD_HOOK`, which the worker calls after each record.
 
 Incident ids are the first 12 hex characters of a uuid4, as in the legacy system.
 """
@@ -47,6 +47,7 @@ from alertq.delivery import TargetResult
 from alertq.driver import BreakerDriver, get_breaker_driver
 from alertq.enqueue import enqueue_alert
 from alertq.hooks import Recorded, RecordHook
+from alertq.managed import fire_in, resolve_in
 from alertq.models import CostSimCBIncidentModel, CostSimCBStateModel, utcnow
 from alertq.policy import Verdict
 
@@ -512,15 +513,21 @@ class CircuitBreaker:
             incident_id=incident.id,
             updated_at=now,
         )
-        await enqueue_alert(
+        # The alert is a managed alert: keep-alive re-sends it while it fires, and the
+        # resolution resolves exactly it. Its queue rows keep the breaker's legacy types.
+        (alert,) = payload
+        await fire_in(
             session,
-            payload,
-            FIRING_ALERT_TYPE,
-            row.name,
-            incident.id,
+            self.settings,
+            alert["labels"],
+            alert["annotations"],
+            alert.get("generatorURL"),
             now=now,
-            max_attempts=self.settings.max_attempts,
-            notify_throttle=self.settings.notify_throttle,
+            starts_at=incident.timestamp,
+            firing_type=FIRING_ALERT_TYPE,
+            resolving_type=RESOLVING_ALERT_TYPE,
+            circuit_breaker_name=row.name,
+            incident_id=incident.id,
         )
 
     async def _recover(
@@ -561,16 +568,23 @@ class CircuitBreaker:
             updated_at=now,
         )
         if payload is not None and incident is not None:
-            await enqueue_alert(
-                session,
-                payload,
-                RESOLVING_ALERT_TYPE,
-                row.name,
-                incident.id,
-                now=now,
-                max_attempts=self.settings.max_attempts,
-                notify_throttle=self.settings.notify_throttle,
+            (alert,) = payload
+            out = await resolve_in(
+                session, self.settings, alert["labels"], now=now, annotations=alert["annotations"]
             )
+            if not out.changed:
+                # An incident opened before managed alerts existed (or its managed alert
+                # was resolved by hand): still tell Alertmanager, once.
+                await enqueue_alert(
+                    session,
+                    payload,
+                    RESOLVING_ALERT_TYPE,
+                    row.name,
+                    incident.id,
+                    now=now,
+                    max_attempts=self.settings.max_attempts,
+                    notify_throttle=self.settings.notify_throttle,
+                )
 
 
 def _expired(row: CostSimCBStateModel, now: datetime) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import signal
 import socket
 import sys
@@ -27,8 +26,6 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
@@ -36,9 +33,17 @@ from sqlalchemy.exc import DBAPIError
 # Typer ships its own copy of click; its usage errors are these classes, not click's.
 from typer._click.exceptions import ClickException, UsageError
 
-from alertq import limits, migrate, ops
+from alertq import cli_managed, limits, migrate, ops
 from alertq.alerts import MAX_PAYLOAD_BYTES, InvalidAlertPayload, parse_payload
 from alertq.breaker import BreakerState, CircuitBreaker
+from alertq.cli_output import (
+    checked,
+    console,
+    err,
+    fail,
+    load_settings,
+    say_error,
+)
 from alertq.config import Settings
 from alertq.db import (
     DatabaseUnreachable,
@@ -63,35 +68,6 @@ db_app = typer.Typer(help="Database schema.")
 app.add_typer(db_app, name="db")
 
 
-# C0 and C1 control characters (ESC, BEL, CR, ...) and DEL: a reason containing them could
-# rewrite the operator's terminal or forge lines of output.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def visible(text: str) -> str:
-    """``text`` with control characters shown as escapes (``\\x1b``, ``\\n``)."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-
-
-class PlainConsole(Console):
-    """A console that prints every string as it is: never markup, emoji codes or
-    highlighting, and control characters escaped. Table cells, titles and captions are
-    strings rendered through :meth:`render_str`, so this covers them too; styling is only
-    ever applied with :class:`~rich.text.Text` objects built here."""
-
-    def __init__(self, *, stderr: bool = False) -> None:
-        super().__init__(stderr=stderr, markup=False, emoji=False, highlight=False)
-
-    def render_str(self, text: str, **kwargs: Any) -> Text:
-        return super().render_str(visible(text), **kwargs)
-
-
-def _plain_console(*, stderr: bool = False) -> Console:
-    return PlainConsole(stderr=stderr)
-
-
-console = _plain_console()
-err = _plain_console(stderr=True)
 OPEN = Text("OPEN", style="red")
 CLOSED = Text("closed", style="green")
 
@@ -108,37 +84,6 @@ def _global_options(
 ) -> None:
     """alertq: deliver alerts to Prometheus Alertmanager, durably."""
     _Options.debug = debug
-
-
-def say_error(message: str) -> None:
-    """One line on stderr, printed verbatim (control characters shown escaped)."""
-    sys.stderr.write(f"alertq: {visible(message)}\n")
-    sys.stderr.flush()
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``message`` as one line and exit ``code`` (2: bad input)."""
-    say_error(message)
-    raise typer.Exit(code)
-
-
-def checked(flag: str, check: Callable[..., T], *args: Any) -> T:
-    """``check(*args)`` (a :mod:`alertq.limits` rule); a ValueError exits 2 naming ``flag``."""
-    try:
-        return check(*args)
-    except ValueError as exc:
-        fail(f"invalid {flag}: {exc}")
-
-
-def load_settings() -> Settings:
-    """Settings from the environment, or exit 2 with pydantic's message."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        fail(f"invalid configuration: {problems}")
 
 
 # Failures to connect: refused, timed out, or no such host. (A driver error after
@@ -625,3 +570,6 @@ def breaker_report_drift(
     settings = load_settings()
     state = _run_breaker(settings, lambda cb: cb.report_drift(name, score, samples))
     console.print(_breaker_table([state]))
+
+
+cli_managed.register(app)  # fire, resolve, heartbeat, alerts --managed, heartbeats

@@ -1,4 +1,4 @@
-"""Keep-alive: re-send an open incident's alert, as Prometheus re-sends a firing alert.
+"""Keep-alive: re-send managed alerts (the breaker's among them) as Prometheus re-sends its own.
 
 A service in the manner of River's maintenance services: a policy (pure), one pass
 (:meth:`KeepaliveService.run_once`, which tests call directly) and a loop that runs a pass
@@ -23,31 +23,17 @@ from alertq.alerts import (
     BREAKER_FIRING_TYPE,
     BREAKER_RESOLVING_TYPE,
     KEEPALIVE_FACTOR,
-    with_ends_at,
 )
 from alertq.config import Settings
-from alertq.db import DatabaseOutage, is_database_error, transaction
-from alertq.driver import get_breaker_driver, get_queue_driver
+from alertq.db import DatabaseOutage, is_database_error
+from alertq.managed import ManagedKeepalive, keepalive_tick
 from alertq.models import Clock, utcnow
 
 log = logging.getLogger("alertq.keepalive")
 
-KEEPALIVE_MAX_TICK = 5.0
-KEEPALIVE_MIN_TICK = 0.05
-KEEPALIVE_BATCH = 500
 FIRING_ALERT_TYPE = BREAKER_FIRING_TYPE
 RESOLVING_ALERT_TYPE = BREAKER_RESOLVING_TYPE
 # --------------------------------------------------------------------------- policy (pure)
-
-
-def keepalive_tick(resend_interval: float) -> float:
-    """Seconds between keep-alive passes: a fifth of ``resend_interval``, at most 5 s.
-
-    A pass runs every tick and re-arms a row once its last send is ``resend_interval -
-    tick`` old, so consecutive sends of a kept-alive alert are never more than
-    ``resend_interval`` apart (plus the time to deliver them).
-    """
-    return max(KEEPALIVE_MIN_TICK, min(resend_interval / 5, KEEPALIVE_MAX_TICK))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,63 +118,25 @@ class KeepaliveService:
         self.clock = clock
         self.on_rearm = on_rearm
         self.outage = outage or DatabaseOutage(settings.database_url, logger=log)
+        self._managed = ManagedKeepalive(settings, session_factory, clock=lambda: self.clock())
 
     async def run_once(self) -> int:
-        """One keep-alive pass; returns how many rows were re-armed.
+        """One keep-alive pass; returns how many rows it made due.
 
-        An incident has at most two queue rows: its firing row (``disable``, enqueued on
-        trip) and its resolving row (``enable``, enqueued on resolution). A re-send re-arms
-        the incident's *current* row once it is sent or failed and its last send is about
-        ``resend_interval`` old: fresh ``endsAt`` (firing), ``pending``, due now, attempts 0,
-        no target delivered, ``created_at`` now. So however long an incident stays open, it
-        never has more than 2 rows (and a purge by age never deletes an open incident's
-        live row).
-
-        The incident rows are locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and their
-        ``resolved`` re-checked in this transaction, and a row is only re-armed while no
-        newer row has its labels: a firing row can never be re-armed past its resolution.
+        Every alert alertq keeps true is a managed alert (:mod:`alertq.managed`), the
+        circuit breaker's included, so one pass serves them all: it reads only the managed
+        alerts that are due, locked ``SKIP LOCKED`` (a breaker's incident too, so one being
+        resolved right now is left to its resolution), re-arms their rows (never inserts:
+        at most two rows per alert, however long it fires), resolves expired ones and
+        fires HeartbeatMissing for heartbeats past their deadline, once each.
         """
-        now = self.clock()
-        interval = self.settings.resend_interval
-        retention = self.settings.resolved_retention
-        due_age = interval - keepalive_tick(interval)
-        rearmed = 0
-        async with transaction(self.session_factory) as session:
-            queue = get_queue_driver(session)
-            candidates = await get_breaker_driver(session).incidents_lock_keepalive_candidates(
-                now - timedelta(seconds=due_age),
-                now - timedelta(seconds=retention),
-                KEEPALIVE_BATCH,
-                firing_type=FIRING_ALERT_TYPE,
-                resolving_type=RESOLVING_ALERT_TYPE,
-            )
-            for c in candidates:
-                decision = keepalive_decision(
-                    alert_type=c.alert_type,
-                    status=c.status,
-                    sent_at=c.sent_at,
-                    last_attempt_at=c.last_attempt_at,
-                    incident_resolved=c.incident_resolved,
-                    incident_resolved_at=c.incident_resolved_at,
-                    now=now,
-                    resend_interval=interval,
-                    resolved_retention=retention,
-                )
-                if not decision.rearm:
-                    continue
-                payload = c.payload
-                if decision.ends_at is not None:
-                    payload = with_ends_at(payload, decision.ends_at)
-                if await queue.alerts_rearm(c.id, payload, now):
-                    rearmed += 1
-            if rearmed:
-                await queue.alerts_notify()
-        if rearmed:
-            metrics.KEEPALIVES.inc(rearmed)
-            log.debug("keep-alive re-armed %d alert rows", rearmed)
+        queued = (await self._managed.run_once()).queued
+        if queued:
+            metrics.KEEPALIVES.inc(queued)
+            log.debug("keep-alive made %d alert rows due", queued)
             if self.on_rearm is not None:
-                self.on_rearm(rearmed)
-        return rearmed
+                self.on_rearm(queued)
+        return queued
 
     async def run(self, done: asyncio.Event) -> None:
         """Run :meth:`run_once` every :func:`keepalive_tick` until ``done`` is set."""

@@ -112,3 +112,11 @@ REPLAYED_ALERTS = Counter(
     "Live relayed alerts re-sent to an Alertmanager replica after it restarted.",
     ["alertmanager"],
 )
+# Managed alerts and heartbeats.
+MANAGED_FIRED = Counter("alertq_managed_fired_total", "Managed alerts that started firing.")
+MANAGED_RESOLVED = Counter(
+    "alertq_managed_resolved_total", "Managed alerts resolved by hand (expiries not counted)."
+)
+HEARTBEATS_MISSED = Counter(
+    "alertq_heartbeats_missed_total", "Heartbeats that missed their deadline (fired once each)."
+)

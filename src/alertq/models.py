@@ -211,3 +211,91 @@ class CostSimCBStateModel(Base):
     created_at: Mapped[datetime] = mapped_column(
         nullable=False, default=utcnow, server_default=func.now()
     )
+
+
+# ---------------------------------------------------------------------------- managed alerts
+
+
+class ManagedState(StrEnum):
+    """A managed alert is firing until resolved (by hand, or when ``expires_at`` passes)."""
+
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class ManagedAlertModel(Base):
+    """An alert alertq keeps true in Alertmanager, identified by its label set.
+
+    Its queue rows (at most a firing and a resolving one) are re-armed by keep-alive;
+    ``keepalive_at`` is when keep-alive next looks at it (None once it never will again:
+    resolved longer ago than the retention), so a pass reads only what is due.
+    """
+
+    __tablename__ = "alertq_managed_alerts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType, nullable=False)
+    annotations: Mapped[dict[str, str]] = mapped_column(
+        JSONType, nullable=False, default=dict, server_default=text("'{}'")
+    )
+    generator_url: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, nullable=False)
+    starts_at: Mapped[datetime] = mapped_column(nullable=False)
+    resolved_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    last_sent_at: Mapped[datetime | None]
+    keepalive_at: Mapped[datetime | None]
+    firing_row_id: Mapped[int | None] = mapped_column(BigInteger)
+    resolving_row_id: Mapped[int | None] = mapped_column(BigInteger)
+    firing_type: Mapped[str] = mapped_column(Text, nullable=False)
+    """``alert_type`` of its firing queue row (``managed_firing``; ``disable`` for a breaker)."""
+    resolving_type: Mapped[str] = mapped_column(Text, nullable=False)
+    circuit_breaker_name: Mapped[str | None] = mapped_column(Text)
+    incident_id: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(nullable=False)
+
+    __table_args__ = (
+        Index(
+            "ix_alertq_managed_alerts_keepalive_at",
+            "keepalive_at",
+            postgresql_where=text("keepalive_at IS NOT NULL"),
+            sqlite_where=text("keepalive_at IS NOT NULL"),
+        ),
+        Index("ix_alertq_managed_alerts_state", "state"),
+    )
+
+
+class HeartbeatState(StrEnum):
+    OK = "ok"
+    MISSING = "missing"
+
+
+class HeartbeatModel(Base):
+    """A dead-man's switch: pinged within every ``window_seconds``, or HeartbeatMissing fires."""
+
+    __tablename__ = "alertq_heartbeats"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    window_seconds: Mapped[float] = mapped_column(Float, nullable=False)
+    labels: Mapped[dict[str, str]] = mapped_column(
+        JSONType, nullable=False, default=dict, server_default=text("'{}'")
+    )
+    """The extra labels of its HeartbeatMissing alert (besides alertname and heartbeat)."""
+    missing_fingerprint: Mapped[str | None] = mapped_column(Text)
+    """The fingerprint of the HeartbeatMissing alert fired for it, until a ping resolves it."""
+    last_ping_at: Mapped[datetime] = mapped_column(nullable=False)
+    deadline: Mapped[datetime] = mapped_column(nullable=False)
+    state: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(nullable=False)
+
+    __table_args__ = (
+        Index(
+            "ix_alertq_heartbeats_deadline",
+            "deadline",
+            postgresql_where=text("state = 'ok'"),
+            sqlite_where=text("state = 'ok'"),
+        ),
+    )

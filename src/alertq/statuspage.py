@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from alertq import ops
 from alertq.driver.intake import IntakeSource
+from alertq.managed import HeartbeatView, ManagedAlerts, ManagedAlertView
 from alertq.models import AlertStatus, CostSimAlertQueueModel
 from alertq.opsview import (
     CHART_WINDOW,
@@ -30,6 +31,8 @@ __all__ = ["Chart", "ChartSeries", "build_chart", "human_age", "render_status_pa
 
 MIN_CHART_SPAN = timedelta(seconds=10)
 FAILED_ROWS_SHOWN = 10
+MANAGED_SHOWN = 50
+"""Managed alerts and heartbeats listed (firing / missing first)."""
 PAGE_REFRESH_SECONDS = 10
 
 _templates = Environment(
@@ -142,6 +145,14 @@ def _number(value: float | None, unit: str) -> str:
     return f"{int(value)}"
 
 
+def _until(when: datetime | None, now: datetime) -> str:
+    """``in 4m`` for a future moment, ``now`` for a past one, ``—`` for none."""
+    if when is None:
+        return "—"
+    seconds = (when - now).total_seconds()
+    return "now" if seconds <= 0 else f"in {human_age(seconds)}"
+
+
 async def render_status_page(context: OpsContext) -> str:
     """The status page's HTML: queue, chart, Alertmanagers, breakers, failed rows."""
     now = context.clock()
@@ -149,12 +160,17 @@ async def render_status_page(context: OpsContext) -> str:
     snap: Snapshot | None = None
     failed_rows: list[CostSimAlertQueueModel] = []
     sources: list[IntakeSource] = []
+    managed_alerts: list[ManagedAlertView] = []
+    heartbeats: list[HeartbeatView] = []
     try:
         snap = await context.snapshot()
         failed_rows = await ops.list_alerts(
             context.session_factory, AlertStatus.FAILED.value, FAILED_ROWS_SHOWN
         )
         sources = await ops.intake_sources(context.session_factory)
+        service = ManagedAlerts(context.settings, context.session_factory, clock=context.clock)
+        managed_alerts = await service.list_alerts(limit=MANAGED_SHOWN)
+        heartbeats = await service.list_heartbeats(limit=MANAGED_SHOWN)
     except DatabaseUnavailable as exc:
         db_error = str(exc)
         snap = context.cached
@@ -212,5 +228,27 @@ async def render_status_page(context: OpsContext) -> str:
         chart_w=int(CHART_W),
         chart_h=int(CHART_H),
         token_configured=context.settings.mutations_enabled,
+        managed=[
+            {
+                "alertname": m.labels.get("alertname", ""),
+                "labels": ", ".join(f"{k}={v}" for k, v in m.labels.items() if k != "alertname"),
+                "state": m.state,
+                "last_sent": _ago(m.last_sent_at, now),
+                "next": _until(m.next_send_at, now),
+                "expires": _until(m.expires_at, now)
+                if m.state == "firing" and m.expires_at is not None
+                else "",
+            }
+            for m in managed_alerts
+        ],
+        heartbeats=[
+            {
+                "name": h.name,
+                "state": h.state,
+                "last_ping": _ago(h.last_ping_at, now),
+                "deadline": _until(h.deadline, now) if h.deadline > now else "passed",
+            }
+            for h in heartbeats
+        ],
         ago=lambda when: _ago(when, now),
     )

@@ -15,6 +15,7 @@ the verb.
 """
 
 from alertq.driver.breaker import BreakerDriver, KeepaliveCandidate, get_breaker_driver
+from alertq.driver.managed import ManagedDriver, ManagedDue, get_managed_driver
 from alertq.driver.queue import (
     PURGE_BATCH,
     ClaimedAlert,
@@ -33,10 +34,13 @@ __all__ = [
     "BreakerDriver",
     "ClaimedAlert",
     "KeepaliveCandidate",
+    "ManagedDriver",
+    "ManagedDue",
     "Outcome",
     "QueueCounts",
     "QueueDriver",
     "get_alert_driver",
     "get_breaker_driver",
+    "get_managed_driver",
     "get_queue_driver",
 ]

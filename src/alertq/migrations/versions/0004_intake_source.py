@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_intake_source"
-down_revision = "0002"
+down_revision = "0003_managed_alerts"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,403 @@
+"""Data access for managed alerts and heartbeats: every SQL statement on their tables.
+
+Like the rest of the driver: the session is the caller's, nothing is committed here, no
+decision is made here. Rows are locked ``FOR UPDATE`` (``SKIP LOCKED`` where a pass over
+many rows must not wait) on PostgreSQL; on SQLite the ``BEGIN IMMEDIATE`` write
+transaction already excludes other writers, and SQLAlchemy drops the clause.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    CursorResult,
+    Table,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from alertq.models import (
+    AlertStatus,
+    CostSimAlertQueueModel,
+    CostSimCBIncidentModel,
+    HeartbeatModel,
+    HeartbeatState,
+    ManagedAlertModel,
+    ManagedState,
+    UTCDateTime,
+)
+
+__all__ = ["ManagedDriver", "ManagedDue", "get_managed_driver"]
+
+M = ManagedAlertModel
+H = HeartbeatModel
+Q = CostSimAlertQueueModel
+PENDING = AlertStatus.PENDING.value
+SENT = AlertStatus.SENT.value
+FAILED = AlertStatus.FAILED.value
+
+# Re-arm a sent or failed row: its new payload, due now, counted as enqueued anew. Not
+# while a newer pending row has its labels (someone else's newer state must not be
+# overtaken); the partial pending-fingerprint index serves that probe.
+_REARM_VALUES = {
+    "status": PENDING,
+    "attempts": 0,
+    "last_error": None,
+    "leased_until": None,
+    "leased_by": None,
+}
+_REARM_PG = text(
+    """
+    UPDATE costsim_alert_queue AS q
+       SET payload = v.payload::jsonb, status = 'pending', attempts = 0,
+           next_attempt_at = :now, created_at = :now, last_error = NULL,
+           delivered_to = '[]'::jsonb, leased_until = NULL, leased_by = NULL
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:payloads AS text[])) AS v(id, payload)
+     WHERE q.id = v.id AND q.status IN ('sent', 'failed')
+       AND NOT EXISTS (SELECT 1 FROM costsim_alert_queue n
+                        WHERE n.fingerprint = q.fingerprint AND n.id > q.id
+                          AND n.status = 'pending')
+    RETURNING q.id
+    """
+)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedDue:
+    """A managed alert keep-alive must look at, locked, with its current queue row's state."""
+
+    alert: ManagedAlertModel
+    row_status: str | None
+    """None when the current row no longer exists (purged) or was never written."""
+    row_sent_at: datetime | None
+    row_last_attempt_at: datetime | None
+
+
+class ManagedDriver:
+    """Statements on ``alertq_managed_alerts`` and ``alertq_heartbeats`` (and the queue rows
+    they own)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        name = session.get_bind().dialect.name
+        self._steps = _PostgresSteps() if name == "postgresql" else _SqliteSteps()
+
+    def _insert(self, model: Any) -> Any:
+        return self._steps.insert(model)
+
+    # -- managed alerts
+
+    async def managed_lock(self, fingerprint: str) -> ManagedAlertModel | None:
+        """The managed alert, locked until the transaction ends, freshly read."""
+        stmt = (
+            select(M)
+            .where(M.fingerprint == fingerprint)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def managed_insert(self, **values: Any) -> bool:
+        """Insert a managed alert unless one has its fingerprint (race-free); True if new."""
+        stmt = (
+            self._insert(M)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["fingerprint"])
+            .returning(M.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def managed_update(self, managed_id: int, **values: Any) -> None:
+        """Set columns of one managed alert."""
+        stmt = (
+            update(M)
+            .where(M.id == managed_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        await self.session.execute(stmt)
+
+    async def managed_get(self, fingerprint: str) -> ManagedAlertModel | None:
+        stmt = (
+            select(M).where(M.fingerprint == fingerprint).execution_options(populate_existing=True)
+        )
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def managed_list(
+        self, *, state: str | None = None, limit: int = 100
+    ) -> list[ManagedAlertModel]:
+        """Managed alerts, firing first, newest first."""
+        stmt = (
+            select(M)
+            .order_by(
+                case((M.state == ManagedState.FIRING.value, 0), else_=1),
+                M.starts_at.desc(),
+                M.id.desc(),
+            )
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
+        if state is not None:
+            stmt = stmt.where(M.state == state)
+        return list((await self.session.scalars(stmt)).all())
+
+    async def managed_counts(self) -> dict[str, int]:
+        stmt = select(M.state, func.count()).group_by(M.state)
+        return {str(s): int(n) for s, n in (await self.session.execute(stmt)).all()}
+
+    async def managed_lock_due(self, now: datetime, limit: int) -> list[ManagedDue]:
+        """Up to ``limit`` managed alerts whose ``keepalive_at`` has come, oldest first,
+        locked ``FOR UPDATE SKIP LOCKED`` (one being fired or resolved right now is
+        skipped), each with its current queue row (firing row while firing, resolving row
+        once resolved). Served by the partial index on ``keepalive_at``: the cost is the
+        due alerts, not the history."""
+        current = case(
+            (M.state == ManagedState.FIRING.value, M.firing_row_id), else_=M.resolving_row_id
+        )
+        stmt = (
+            select(M, Q.status, Q.sent_at, Q.last_attempt_at)
+            .outerjoin(Q, Q.id == current)
+            .where(M.keepalive_at.is_not(None), M.keepalive_at <= now)
+            .order_by(M.keepalive_at, M.id)
+            .limit(limit)
+            .with_for_update(of=M, skip_locked=True)
+            .execution_options(populate_existing=True)
+        )
+        return [
+            ManagedDue(r[0], r[1], _aware(r[2]), _aware(r[3]))
+            for r in (await self.session.execute(stmt)).all()
+        ]
+
+    async def managed_set_keepalive_many(self, values: Sequence[dict[str, Any]]) -> None:
+        """Set ``keepalive_at`` and ``last_sent_at`` of many managed alerts in one
+        executemany; each dict has ``m_id``, ``next_at`` and ``sent_at``."""
+        if not values:
+            return
+        table = ManagedAlertModel.__table__
+        assert isinstance(table, Table)
+        stmt = (
+            table.update()
+            .where(table.c.id == bindparam("m_id"))
+            .values(
+                keepalive_at=bindparam("next_at", type_=UTCDateTime()),
+                last_sent_at=func.coalesce(
+                    bindparam("sent_at", type_=UTCDateTime()), table.c.last_sent_at
+                ),
+            )
+        )
+        conn = await self.session.connection()
+        await conn.execute(stmt, list(values))
+
+    async def managed_incidents_lock(self, incident_ids: Sequence[str]) -> set[str]:
+        """Lock the given incidents ``FOR UPDATE SKIP LOCKED``; return those locked here.
+
+        A breaker incident being resolved right now holds its row: keep-alive leaves its
+        alert alone until the resolution is done.
+        """
+        if not incident_ids:
+            return set()
+        inc = CostSimCBIncidentModel
+        stmt = (
+            select(inc.id).where(inc.id.in_(list(incident_ids))).with_for_update(skip_locked=True)
+        )
+        return set((await self.session.scalars(stmt)).all())
+
+    # -- their queue rows
+
+    async def managed_rows_rearm(
+        self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
+    ) -> list[int]:
+        """Make each (row id, payload) pending again, due ``now``, if it is sent or failed
+        and no newer pending row has its labels. One statement on PostgreSQL (arrays and
+        ``unnest``); one per row on SQLite (in-process, inside the write lock). Returns
+        the ids re-armed."""
+        if not rows:
+            return []
+        return await self._steps.rows_rearm(self.session, rows, now)
+
+    async def managed_rows_update_pending(self, row_id: int, payload: list[dict[str, Any]]) -> bool:
+        """Replace the payload of a row still waiting (pending and not leased)."""
+        stmt = (
+            update(Q)
+            .where(Q.id == row_id, Q.status == PENDING, Q.leased_until.is_(None))
+            .values(payload=payload)
+            .execution_options(synchronize_session=False)
+        )
+        return _rowcount(await self.session.execute(stmt)) > 0
+
+    async def managed_rows_delete_done(self, row_ids: Sequence[int]) -> int:
+        """Delete the given queue rows that are finished (not pending): a managed alert's
+        rows from an earlier episode, so it never owns more than two."""
+        if not row_ids:
+            return 0
+        stmt = delete(Q).where(Q.id.in_(list(row_ids)), Q.status != PENDING)
+        return _rowcount(await self.session.execute(stmt))
+
+    # -- heartbeats
+
+    async def heartbeats_lock(self, name: str) -> HeartbeatModel | None:
+        stmt = (
+            select(H)
+            .where(H.name == name)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def heartbeats_ping(
+        self, name: str, window_seconds: float, labels: dict[str, str], now: datetime
+    ) -> None:
+        """Record a ping: the heartbeat exists (created on first ping), is ``ok`` and due
+        again ``window_seconds`` from ``now``. One statement (an upsert)."""
+        values = {
+            "name": name,
+            "window_seconds": window_seconds,
+            "labels": labels,
+            "last_ping_at": now,
+            "deadline": now + _seconds(window_seconds),
+            "state": HeartbeatState.OK.value,
+            "missing_fingerprint": None,
+            "created_at": now,
+        }
+        stmt = self._insert(H).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"],
+            set_={k: stmt.excluded[k] for k in values if k not in ("name", "created_at")},
+        )
+        await self.session.execute(stmt)
+
+    async def heartbeats_lock_overdue(self, now: datetime, limit: int) -> list[HeartbeatModel]:
+        """``ok`` heartbeats whose deadline has passed, locked ``FOR UPDATE SKIP LOCKED``:
+        among many workers, each overdue heartbeat is taken by exactly one pass."""
+        stmt = (
+            select(H)
+            .where(H.state == HeartbeatState.OK.value, H.deadline <= now)
+            .order_by(H.deadline, H.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def heartbeats_mark_missing(self, heartbeat_id: int, fingerprint: str) -> bool:
+        """Flip an ``ok`` heartbeat to ``missing`` (only once: the guard is its state)."""
+        stmt = (
+            update(H)
+            .where(H.id == heartbeat_id, H.state == HeartbeatState.OK.value)
+            .values(state=HeartbeatState.MISSING.value, missing_fingerprint=fingerprint)
+            .execution_options(synchronize_session=False)
+        )
+        return _rowcount(await self.session.execute(stmt)) > 0
+
+    async def heartbeats_list(self, limit: int = 100) -> list[HeartbeatModel]:
+        stmt = (
+            select(H)
+            .order_by(case((H.state == HeartbeatState.MISSING.value, 0), else_=1), H.name)
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+
+class _PostgresSteps:
+    """The statements whose SQL differs on PostgreSQL (chosen once per driver)."""
+
+    def insert(self, model: Any) -> Any:
+        return pg_insert(model)
+
+    async def rows_rearm(
+        self,
+        session: AsyncSession,
+        rows: Sequence[tuple[int, list[dict[str, Any]]]],
+        now: datetime,
+    ) -> list[int]:
+        # One statement for the whole batch: arrays and unnest.
+        params = {
+            "ids": [i for i, _ in rows],
+            "payloads": [json.dumps(p, separators=(",", ":")) for _, p in rows],
+            "now": now,
+        }
+        return [int(i) for i in (await session.execute(_REARM_PG, params)).scalars().all()]
+
+
+_NEWER = aliased(Q)
+# SQLite: which of the given rows may be re-armed (one statement), then the re-arm itself as
+# one executemany. Both are built once; the write lock (BEGIN IMMEDIATE) keeps the rows as
+# read between the two.
+_SQLITE_REARMABLE = select(Q.id).where(
+    Q.id.in_(bindparam("ids", expanding=True)),
+    Q.status.in_([SENT, FAILED]),
+    ~exists().where(
+        _NEWER.fingerprint == Q.fingerprint,
+        _NEWER.id > Q.id,
+        _NEWER.status == PENDING,
+    ),
+)
+_QT = Q.__table__
+assert isinstance(_QT, Table)
+_SQLITE_REARM = (
+    _QT.update()
+    .where(_QT.c.id == bindparam("r_id"))
+    .values(
+        payload=bindparam("r_payload"),
+        next_attempt_at=bindparam("r_now"),
+        created_at=bindparam("r_now"),
+        delivered_to=[],
+        **_REARM_VALUES,
+    )
+)
+
+
+class _SqliteSteps:
+    """The statements whose SQL differs on SQLite (chosen once per driver)."""
+
+    def insert(self, model: Any) -> Any:
+        return sqlite_insert(model)
+
+    async def rows_rearm(
+        self,
+        session: AsyncSession,
+        rows: Sequence[tuple[int, list[dict[str, Any]]]],
+        now: datetime,
+    ) -> list[int]:
+        ids = [i for i, _ in rows]
+        ok = set((await session.scalars(_SQLITE_REARMABLE, {"ids": ids})).all())
+        params = [{"r_id": i, "r_payload": p, "r_now": now} for i, p in rows if i in ok]
+        if params:
+            conn = await session.connection()
+            await conn.execute(_SQLITE_REARM, params)
+        return [i for i in ids if i in ok]
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount) if isinstance(result, CursorResult) else 0
+
+
+def get_managed_driver(session: AsyncSession) -> ManagedDriver:
+    """A :class:`ManagedDriver` for ``session``."""
+    return ManagedDriver(session)
