@@ -81,9 +81,14 @@ GeneratorUrl = Annotated[
     str,
     StringConstraints(
         max_length=2048,
-        pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9.-]+(:[0-9]{1,4})?(/[!-~]*)?$",
+        # A subset of alerts.py's rule, so the schema never promises what it refuses: an
+        # http(s) URL with a plain host, or a path starting with one "/"; "%" only escapes.
+        pattern=(
+            r"^(?:https?://[A-Za-z0-9._~-]+(?::[0-9]{1,4})?(?:[/?](?:[!-$&-~]|%[0-9A-Fa-f]{2})*)?"
+            r"|/(?:(?:[!-$&-.0-\[\]-~]|%[0-9A-Fa-f]{2})(?:[!-$&-~]|%[0-9A-Fa-f]{2})*)?)$"
+        ),
     ),
-    Field(description="An absolute URI back to the source of the alert."),
+    Field(description="An http(s) URL or a path back to the source of the alert."),
 ]
 
 
