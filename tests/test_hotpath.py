@@ -38,7 +38,12 @@ class StatementLog:
             self.statements.append(" ".join(statement.split()))
 
     def updates(self) -> list[str]:
-        return [s for s in self.statements if s.upper().startswith("UPDATE")]
+        """UPDATE statements, the claim's included (it starts with its in-flight CTE)."""
+        return [
+            s
+            for s in self.statements
+            if s.upper().startswith("UPDATE") or (s.upper().startswith("WITH") and " UPDATE " in s)
+        ]
 
 
 @pytest.fixture

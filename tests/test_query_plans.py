@@ -144,7 +144,7 @@ async def explain_claim(
 
     async with factory() as session:
         await session.begin()
-        statement, plan = await explain_driver_statement(engine, session, claim, "UPDATE")
+        statement, plan = await explain_driver_statement(engine, session, claim, "WITH INFLIGHT")
         await session.rollback()
     assert len(claimed) == 256  # it did claim, from the pending tail
     return statement, plan
@@ -159,10 +159,11 @@ async def test_claim_on_a_mostly_sent_queue_walks_the_partial_due_index(
     used = indexes_used(plan)
     assert "ix_costsim_alert_queue_due" in used, (used, statement)
     assert table_scans(plan) == [], statement
-    # Nothing else reads the 45,000 rows of history: the in-flight probe uses the
-    # partial fingerprint index, the update itself the primary key.
+    # Nothing else reads the 45,000 rows of history: the set of fingerprints in flight
+    # comes from the future end of a next_attempt_at index, the update uses the primary key.
     assert used <= {
         "ix_costsim_alert_queue_due",
+        "idx_costsim_alert_queue_next",
         "ix_costsim_alert_queue_pending_fingerprint",
         "costsim_alert_queue_pkey",
     }, used
@@ -247,3 +248,26 @@ async def test_supersede_probe_of_an_enqueue_uses_the_pending_fingerprint_index(
     assert "ix_costsim_alert_queue_pending_fingerprint" in used, (used, statement)
     assert table_scans(plan) == [], statement
     assert used <= {"ix_costsim_alert_queue_pending_fingerprint", "costsim_alert_queue_pkey"}, used
+
+
+def subplans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [n for n in nodes(plan) if n.get("Parent Relationship") == "SubPlan"]
+
+
+@postgres_only
+async def test_claim_after_statistics_of_an_empty_queue_reads_the_in_flight_set_once(
+    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    # A fresh (or just drained) queue, ANALYZEd while empty, then a burst of pending rows
+    # before autovacuum has looked again. A correlated in-flight probe planned on those
+    # statistics walked every pending row for each candidate: minutes for one claim.
+    async with engine.connect() as conn:
+        await conn.execute(text(f"ANALYZE {TABLE}"))
+        await conn.commit()
+    async with engine.begin() as conn:
+        await conn.execute(FILL, {"total": 20_000, "history": 0, "failed": 0})
+    statement, plan = await explain_claim(engine, session_factory)
+    # The fingerprints in flight are read once per claim (a CTE), and each candidate is
+    # checked against that small set, never by a scan of the table per candidate.
+    assert subplans(plan) == [], statement
+    assert any(n["Node Type"] == "CTE Scan" for n in nodes(plan)), statement

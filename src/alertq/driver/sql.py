@@ -201,16 +201,16 @@ _NOTIFY = select(func.pg_notify(literal(NOTIFY_CHANNEL), literal("")))
 # session's transaction (see pg_connection). asyncpg prepares each once per connection.
 
 PG_CLAIM = """\
+WITH inflight AS MATERIALIZED (
+    SELECT f.fingerprint FROM costsim_alert_queue AS f
+     WHERE f.status = $6 AND f.next_attempt_at > $1 AND f.leased_until > $1)
 UPDATE costsim_alert_queue AS q
    SET attempts = q.attempts + 1, last_attempt_at = $1, next_attempt_at = $3,
        leased_until = $3, lease_token = $4, leased_by = $5
   FROM (SELECT c.id, c.leased_until
           FROM costsim_alert_queue AS c
          WHERE c.status = $6 AND c.next_attempt_at <= $1
-           AND (c.fingerprint IS NULL OR NOT EXISTS (
-                SELECT 1 FROM costsim_alert_queue AS f
-                 WHERE f.fingerprint = c.fingerprint AND f.status = $6
-                   AND f.leased_until > $1 AND f.id <> c.id))
+           AND NOT EXISTS (SELECT 1 FROM inflight AS i WHERE i.fingerprint = c.fingerprint)
          ORDER BY c.next_attempt_at, c.id
          LIMIT $2
            FOR UPDATE OF c SKIP LOCKED) AS sub
@@ -220,7 +220,15 @@ RETURNING q.id, q.payload::text, jsonb_array_length(q.payload), q.alert_type, q.
           sub.leased_until"""
 """Lease due rows: ``$1`` now, ``$2`` limit, ``$3`` lease end, ``$4`` token, ``$5`` worker,
 ``$6`` ``'pending'``. The status stays a parameter: PostgreSQL then keeps re-planning with
-custom plans, which match the partial index (``tests/test_query_plans.py`` checks it)."""
+custom plans, which match the partial index (``tests/test_query_plans.py`` checks it).
+
+The fingerprints in flight are read once per claim, into a materialised CTE that holds
+only leased rows: a probe of the table per candidate, planned on statistics that said "no
+pending rows" (a fresh or just-drained queue), rescanned every pending row for each
+candidate, and one claim over 20,000 pending rows took minutes. Now the probe's cost is
+bounded by the rows in flight. A leased row is never due (the claim sets
+``next_attempt_at = leased_until``), so the set reads only the future end of the queue and
+never holds the candidate itself."""
 
 
 def _pg_enqueue(notify: bool) -> str:
