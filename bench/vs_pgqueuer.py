@@ -170,13 +170,15 @@ async def alertq_span(dsn: str) -> float:
         await conn.close()
 
 
-def alertq_run(url: str, stub: Stub, rows: int, log: Any) -> dict[str, float]:
+def alertq_run(
+    url: str, stub: Stub, rows: int, log: Any, env: dict[str, str] | None = None
+) -> dict[str, float]:
     dsn = asyncpg_dsn(url)
     asyncio.run(_truncate(dsn))
     asyncio.run(pg_fill(url, pending=rows))
     stub.reset()
     start = time.perf_counter()
-    wait_all([spawn_worker(url, stub.url, drain=True, log=log)], 600)
+    wait_all([spawn_worker(url, stub.url, drain=True, log=log, **(env or {}))], 600)
     wall = time.perf_counter() - start
     sent = asyncio.run(sent_count(dsn))
     if sent != rows or stub.stats()["alerts"] != rows:
@@ -223,6 +225,14 @@ def main() -> None:
         action="store_true",
         help="also run pgqueuer at its defaults (B=10, P=1: slow, about 10x the best's time)",
     )
+    parser.add_argument(
+        "--alertq-variant",
+        action="append",
+        default=[],
+        metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
+        help="another alertq worker in every round, with these environment variables (e.g. "
+        "'c4:ALERTQ_CONCURRENCY=4', or 'old:PYTHONPATH=<checkout>/src' for an A/B)",
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--child-batch", type=int, default=10, help=argparse.SUPPRESS)
     add_common_args(parser)
@@ -253,6 +263,10 @@ def main() -> None:
                 dsn, args.rows, best_b, best_p, log
             ),
         }
+        for spec in args.alertq_variant:
+            label, _, assigns = spec.partition(":")
+            env = dict(a.split("=", 1) for a in assigns.split(",") if a)
+            variants[f"alertq {label}"] = lambda env=env: alertq_run(url, stub, args.rows, log, env)
         if args.with_defaults:
             variants["pgqueuer defaults (B=10, P=1)"] = lambda: pgq_run(dsn, args.rows, 10, 1, log)
         if not args.no_floor:
@@ -314,6 +328,9 @@ def main() -> None:
         "alertq / pgqueuer best (wall)": span(ratios("alertq", best_name, "wall")),
         "target": "≥ 1.2",
     }
+    for name in names:
+        if name.startswith("alertq "):
+            summary[f"{name} / pgqueuer best (steady)"] = span(ratios(name, best_name))
     if not args.no_floor:
         summary["alertq / floor 1 consumer"] = span(ratios("alertq", "floor, 1 consumer"), True)
         summary["alertq / floor 4 consumers"] = span(ratios("alertq", "floor, 4 consumers"), True)

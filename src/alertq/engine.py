@@ -7,13 +7,17 @@ worker runs beside its loops; feature bookkeeping after a record goes through re
 (:mod:`alertq.hooks`).
 
 One cycle of a delivery loop is three steps, and only the first and last touch the
-database, each in its own short transaction:
+database, each in a short transaction:
 
 1. **claim** up to ``batch_size`` due rows under a lease (``lease_seconds``, longer than
    the HTTP timeout), bumping their attempt count and fencing token;
 2. **deliver** them outside any transaction, one POST per Alertmanager per batch;
 3. **record** each outcome, fenced by the claim's token, so a late worker whose lease was
    taken over changes nothing.
+
+While a loop has work, the record's transaction also claims the next batch (step 1 of the
+next cycle), so a busy loop commits once per batch, not twice. A loop told to stop claims
+nothing more and hands back a batch it claimed but will not deliver (``alerts_release``).
 
 A worker killed between 1 and 3 leaves leased rows that become due when the lease runs
 out; the next claim takes them back.
@@ -184,49 +188,102 @@ class AlertWorker:
 
     async def run_once(self, client: AlertmanagerClient) -> int:
         """One claim → deliver → record cycle; returns how many rows were claimed."""
+        batch = await self._claim()
+        if batch.rows:
+            await self._process(client, batch, claim_next=_never)
+        return len(batch.rows)
+
+    # -- claim
+
+    async def _claim(self) -> _Batch:
+        """Claim a batch in a transaction of its own (the first cycle, or after an idle wait)."""
+        async with transaction(self.session_factory) as session:
+            batch = await self._claim_in(session)
+        self._claimed(batch)
+        return batch
+
+    async def _claim_in(self, session: AsyncSession) -> _Batch:
+        """Lease up to ``batch_size`` due rows in the caller's transaction."""
         now = self.clock()
         token = secrets.randbits(62) or 1
-        async with transaction(self.session_factory) as session:
-            rows = await get_queue_driver(session).alerts_claim(
-                now, self.settings.batch_size, now + self._lease, token, self.worker_id
-            )
+        rows = await get_queue_driver(session).alerts_claim(
+            now, self.settings.batch_size, now + self._lease, token, self.worker_id
+        )
+        return _Batch(rows, token)
+
+    def _claimed(self, batch: _Batch) -> None:
+        """Counters of a committed claim."""
         metrics.CLAIMS.inc()
+        rows = batch.rows
         if not rows:
-            return 0
+            return
         self.stats.claimed += len(rows)
         reclaimed = sum(r.reclaimed for r in rows)
         if reclaimed:
             self.stats.reclaimed += reclaimed
             metrics.LEASE_RECLAIMS.inc(reclaimed)
             log.warning("reclaimed %d rows whose lease had expired", reclaimed)
-        deliver, stale = newest_per_fingerprint(rows)
+
+    async def _release(self, batch: _Batch) -> None:
+        """Hand back a claimed batch that will not be delivered (the worker is stopping)."""
+        try:
+            async with transaction(self.session_factory) as session:
+                await get_queue_driver(session).alerts_release(
+                    [r.id for r in batch.rows], batch.token, self.clock()
+                )
+        except Exception:
+            # Not lost: the rows come back when their lease runs out.
+            log.warning(
+                "could not release %d claimed rows; their lease will expire", len(batch.rows)
+            )
+
+    async def _process(
+        self, client: AlertmanagerClient, batch: _Batch, claim_next: Callable[[], bool]
+    ) -> _Batch | None:
+        """Deliver a claimed batch and record it; the record's transaction also claims the
+        next batch when ``claim_next()`` says so, and returns it (None otherwise)."""
+        deliver, stale = newest_per_fingerprint(batch.rows)
         # A row whose leases all expired unrecorded may be what kills workers: not again.
         # With no results, decide() dead-letters it.
         poison = {r.id for r in deliver if r.reclaimed and r.attempts > r.max_attempts}
         results = await self._deliver_all(client, [r for r in deliver if r.id not in poison])
-        await self._record(deliver, stale, results, token, client.targets)
-        return len(rows)
+        return await self._record(deliver, stale, results, batch.token, client.targets, claim_next)
 
     # -- loops
 
     async def _loop(self, index: int, stop: asyncio.Event, drain: bool) -> None:
         client = self.client_factory(self.settings)
+        # The batch the last record's transaction claimed: delivered next, with no claim
+        # transaction of its own (one commit per cycle instead of two).
+        carried: _Batch | None = None
+
+        def claim_next() -> bool:
+            return not stop.is_set()
+
         try:
             while not stop.is_set():
                 try:
-                    claimed = await self.run_once(client)
-                    delay = None if claimed else await self._idle_delay(drain)
+                    batch = carried if carried is not None else await self._claim()
+                    carried = None
+                    if batch.rows:
+                        carried = await self._process(client, batch, claim_next)
+                        delay = None
+                    else:
+                        delay = await self._idle_delay(drain)
                 except Exception as exc:
+                    carried = None  # rolled back with the record, or never claimed
                     await self._sleep(stop, self._cycle_failed(exc, drain))
                     continue
                 self.outage.recovered()
-                if claimed:
+                if batch.rows:
                     continue
                 if delay is None:
                     return
                 self.stats.idle_waits += 1
                 await self._sleep(stop, delay)
         finally:
+            if carried is not None and carried.rows:
+                await self._release(carried)
             await client.aclose()
 
     async def _idle_delay(self, drain: bool) -> float | None:
@@ -385,8 +442,10 @@ class AlertWorker:
         results: dict[int, Sequence[TargetResult]],
         token: int,
         targets: list[str],
-    ) -> None:
-        """Record every outcome of the cycle in one statement, fenced by ``token``."""
+        claim_next: Callable[[], bool] | None = None,
+    ) -> _Batch | None:
+        """Record every outcome of the cycle in one statement, fenced by ``token``; then,
+        in the same transaction, claim the next batch if ``claim_next()`` (returned)."""
         now = self.clock()
         decisions = self._decide_all(rows, results, targets, now)
         outcomes = [Outcome(i, _SUPERSEDED, SUPERSEDED_REASON, None) for i in stale]
@@ -425,12 +484,17 @@ class AlertWorker:
                 ]
                 for hook in self.record_hooks:
                     await hook(session, recorded, now)
+            # Last, after the supersede check and the hooks: the claim sees their writes.
+            nxt = await self._claim_in(session) if claim_next and claim_next() else None
         self._count(rows, decisions, applied, stale, superseded_later, now)
         lost = len(outcomes) - len(applied)
         if lost:
             self.stats.fenced += lost
             metrics.LEASE_LOST.inc(lost)
             log.warning("%d outcomes not recorded: their lease was taken over", lost)
+        if nxt is not None:
+            self._claimed(nxt)
+        return nxt
 
     def _count(
         self,
@@ -472,6 +536,18 @@ class AlertWorker:
     def _on_keepalive(self, rearmed: int) -> None:
         self.stats.keepalives += rearmed
         self.wake()
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Rows leased by one claim, and the claim's fencing token."""
+
+    rows: list[ClaimedAlert]
+    token: int
+
+
+def _never() -> bool:
+    return False
 
 
 def _threadsafe(wake: Callable[[], None]) -> Callable[[], None]:
