@@ -176,6 +176,19 @@ class Settings(BaseSettings):
             raise ValueError("intake: configure either basic auth or a bearer token, not both")
         if (self.intake_username is None) != (self.intake_password is None):
             raise ValueError("intake basic auth needs both ALERTQ_INTAKE_USERNAME and _PASSWORD")
+        # An empty credential matched an empty header ("Authorization: Bearer") while the
+        # intake counted as protected: refuse it here rather than guess "off" or "on".
+        for name, value in (
+            ("USERNAME", self.intake_username),
+            ("PASSWORD", self.intake_password),
+            ("BEARER_TOKEN", self.intake_bearer_token),
+        ):
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if text is not None and not text.strip():
+                raise ValueError(
+                    f"ALERTQ_INTAKE_{name} is empty or blank: unset it to turn intake auth "
+                    "off, or give it a value"
+                )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both ALERTQ_TLS_CERT_FILE and ALERTQ_TLS_KEY_FILE")
         return self
