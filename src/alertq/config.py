@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     replay_interval: float = Field(default=2.0, gt=0)
 
+    # Red team (intake bounds): alerts in one POST /api/v2/alerts body. Alertmanager has no
+    # limit, but parsing ~165k tiny alerts (a 4 MiB body) froze the server for 22 s.
+    intake_max_alerts: int = Field(default=10_000, ge=1, le=1_000_000)
+
     @field_validator("alertmanager_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
