@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from alertq.config import Settings
 from alertq.intake import parse_alerts_body
 from alertq.relay import intake_auth_enabled
+from tests.test_cli_hardening import alertq
 from tests.test_relay_api import alert, relay, relay_settings
 
 
@@ -74,3 +76,19 @@ def test_the_count_limit_applies_before_per_alert_work() -> None:
     body = json.dumps([{"labels": {"a": str(i)}} for i in range(20)]).encode()
     result = parse_alerts_body(body, received_at=datetime.now(UTC), check=check, max_alerts=10)
     assert (result.status, calls, result.alerts) == (413, 0, [])
+
+
+async def test_bidi_and_line_separators_in_a_reason_are_shown_escaped_by_the_cli(
+    db_url: str, tmp_path: Path
+) -> None:
+    # The CLI escaped C0/C1 controls only, while the text logs also escape format and
+    # line-separator characters: a reason with U+202E (right-to-left override) printed
+    # reversed text on the operator's terminal ("Trojan Source"). One rule for both now.
+    reason = "ok \u202egnp.exe\u202c and \u2028 a new line"
+    trip = await alertq(db_url, tmp_path, "breaker", "trip", "cb3", "--reason", reason)
+    assert trip.returncode == 0, trip.describe()
+    for command in (["breaker", "status"], ["breaker", "incidents"]):
+        result = await alertq(db_url, tmp_path, *command)
+        assert result.returncode == 0, result.describe()
+        assert "\u202e" not in result.stdout and "\u2028" not in result.stdout, result.describe()
+        assert "\\u202egnp.exe" in result.stdout, result.describe()

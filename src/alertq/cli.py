@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import signal
 import socket
 import sys
@@ -49,7 +48,7 @@ from alertq.db import (
 )
 from alertq.engine import AlertWorker
 from alertq.enqueue import check_enqueue_args, enqueue_alert
-from alertq.logs import configure_logging
+from alertq.logs import configure_logging, escape_control
 
 T = TypeVar("T")
 
@@ -63,14 +62,11 @@ db_app = typer.Typer(help="Database schema.")
 app.add_typer(db_app, name="db")
 
 
-# C0 and C1 control characters (ESC, BEL, CR, ...) and DEL: a reason containing them could
-# rewrite the operator's terminal or forge lines of output.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def visible(text: str) -> str:
-    """``text`` with control characters shown as escapes (``\\x1b``, ``\\n``)."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    """``text`` with control, format (bidi override) and line-separator characters shown
+    as escapes (``\\x1b``, ``\\n``, ``\\u202e``): the text logs' rule, so a reason or
+    label can neither rewrite the operator's terminal nor show reversed text."""
+    return escape_control(text)
 
 
 class PlainConsole(Console):
