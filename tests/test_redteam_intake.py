@@ -4,17 +4,22 @@ test failed on main before its fix."""
 from __future__ import annotations
 
 import json
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
 from alertq.config import Settings
 from alertq.intake import parse_alerts_body
 from alertq.relay import intake_auth_enabled
+from tests.support import free_port
+from tests.support.processes import alertq_env, start_alertq, wait_until
 from tests.test_cli_hardening import alertq
 from tests.test_relay_api import alert, relay, relay_settings
+from tests.test_relay_run import until_ready
 
 
 @pytest.mark.parametrize(
@@ -92,3 +97,53 @@ async def test_bidi_and_line_separators_in_a_reason_are_shown_escaped_by_the_cli
         assert result.returncode == 0, result.describe()
         assert "\u202e" not in result.stdout and "\u2028" not in result.stdout, result.describe()
         assert "\\u202egnp.exe" in result.stdout, result.describe()
+
+
+def _stall_a_body(port: int) -> socket.socket:
+    """A connection that sent headers and 64 KiB of a 4 MB body, then stops sending."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = (
+        "POST /api/v2/alerts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 4000000\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"[" + b" " * 65536)
+    return sock
+
+
+async def test_connections_are_bounded_so_stalled_bodies_cannot_exhaust_memory(
+    db_url: str, tmp_path: Path
+) -> None:
+    # 300 connections that each sent 3 MiB of a legal 4 MiB body and then stalled took an
+    # unauthenticated attacker from 101 MB to 1,024 MB of RSS (977 MB after they closed):
+    # nothing bounded how many bodies were buffered at once.
+    port = free_port()
+    env = alertq_env(db_url, http_addr=f"127.0.0.1:{port}", max_connections=3)
+    url = f"http://127.0.0.1:{port}"
+    with start_alertq(["run"], env, cwd=tmp_path) as server:
+        await until_ready(server, url)
+        stalled = [_stall_a_body(port) for _ in range(8)]
+        try:
+
+            def still_buffered() -> int:
+                """Stalled bodies the server is still waiting on (no answer yet)."""
+                waiting = 0
+                for sock in stalled:
+                    sock.setblocking(False)
+                    try:
+                        sock.recv(1, socket.MSG_PEEK)
+                    except BlockingIOError:
+                        waiting += 1
+                return waiting
+
+            # Over the limit a connection gets 503 at once instead of having its body
+            # buffered: at most max_connections bodies are held.
+            await wait_until(lambda: still_buffered() <= 3, within=10, message=server.describe)
+        finally:
+            for sock in stalled:
+                sock.close()
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+
+            async def served() -> bool:
+                return (await client.get(f"{url}/-/healthy")).status_code == 200
+
+            await wait_until(served, within=10, message=server.describe)

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # Red team (intake bounds): alerts in one POST /api/v2/alerts body. Alertmanager has no
     # limit, but parsing ~165k tiny alerts (a 4 MiB body) froze the server for 22 s.
     intake_max_alerts: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Connections the server serves at once (503 above): with ALERTQ_MAX_REQUEST_BYTES it
+    # bounds the memory that stalled bodies can pin (300 of them held ~900 MB).
+    max_connections: int = Field(default=200, ge=2, le=100_000)
 
     @field_validator("alertmanager_urls", mode="before")
     @classmethod
