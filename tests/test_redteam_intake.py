@@ -3,6 +3,7 @@ test failed on main before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from datetime import UTC, datetime
@@ -147,3 +148,28 @@ async def test_connections_are_bounded_so_stalled_bodies_cannot_exhaust_memory(
                 return (await client.get(f"{url}/-/healthy")).status_code == 200
 
             await wait_until(served, within=10, message=server.describe)
+
+
+async def test_a_body_that_stalls_is_answered_408_and_its_connection_freed(
+    db_url: str, tmp_path: Path
+) -> None:
+    # A stalled body held its connection and buffer for ever: nothing timed a body out.
+    port = free_port()
+    env = alertq_env(db_url, http_addr=f"127.0.0.1:{port}", body_timeout=1)
+    with start_alertq(["run"], env, cwd=tmp_path) as server:
+        await until_ready(server, f"http://127.0.0.1:{port}")
+        sock = _stall_a_body(port)
+        try:
+            sock.setblocking(False)
+            answer = b""
+
+            def answered() -> bool:
+                nonlocal answer
+                with contextlib.suppress(BlockingIOError):
+                    answer += sock.recv(4096)
+                return b"\r\n\r\n" in answer
+
+            await wait_until(answered, within=10, message=server.describe)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+        finally:
+            sock.close()
