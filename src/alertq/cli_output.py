@@ -8,7 +8,6 @@ line on stderr and exit 2. The entry point (:func:`alertq.cli.main`) turns every
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from alertq.config import Settings
+from alertq.logs import escape_control
 
 T = TypeVar("T")
 
@@ -34,14 +34,11 @@ __all__ = [
 ]
 
 
-# C0 and C1 control characters (ESC, BEL, CR, ...) and DEL: a reason containing them could
-# rewrite the operator's terminal or forge lines of output.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def visible(text: str) -> str:
-    """``text`` with control characters shown as escapes (``\\x1b``, ``\\n``)."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    """``text`` with control, format (bidi override) and line-separator characters shown
+    as escapes (``\\x1b``, ``\\n``, ``\\u202e``): the text logs' rule, so a reason or
+    label can neither rewrite the operator's terminal nor show reversed text."""
+    return escape_control(text)
 
 
 class PlainConsole(Console):

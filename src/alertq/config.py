@@ -122,6 +122,16 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     replay_interval: float = Field(default=2.0, gt=0)
 
+    # Red team (intake bounds): alerts in one POST /api/v2/alerts body. Alertmanager has no
+    # limit, but parsing ~165k tiny alerts (a 4 MiB body) froze the server for 22 s.
+    intake_max_alerts: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Connections the server serves at once (503 above): with ALERTQ_MAX_REQUEST_BYTES it
+    # bounds the memory that stalled bodies can pin (300 of them held ~900 MB).
+    max_connections: int = Field(default=200, ge=2, le=100_000)
+    # Seconds a request body may take to arrive in full (408 after): frees the connection
+    # of a sender that stalls mid-body.
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+
     @field_validator("alertmanager_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
@@ -181,6 +191,19 @@ class Settings(BaseSettings):
             raise ValueError("intake: configure either basic auth or a bearer token, not both")
         if (self.intake_username is None) != (self.intake_password is None):
             raise ValueError("intake basic auth needs both ALERTQ_INTAKE_USERNAME and _PASSWORD")
+        # An empty credential matched an empty header ("Authorization: Bearer") while the
+        # intake counted as protected: refuse it here rather than guess "off" or "on".
+        for name, value in (
+            ("USERNAME", self.intake_username),
+            ("PASSWORD", self.intake_password),
+            ("BEARER_TOKEN", self.intake_bearer_token),
+        ):
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if text is not None and not text.strip():
+                raise ValueError(
+                    f"ALERTQ_INTAKE_{name} is empty or blank: unset it to turn intake auth "
+                    "off, or give it a value"
+                )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both ALERTQ_TLS_CERT_FILE and ALERTQ_TLS_KEY_FILE")
         return self

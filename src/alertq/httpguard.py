@@ -17,6 +17,7 @@ Being one middleware around the whole app, it covers routes added later (the rel
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import secrets
@@ -27,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alertq.config import Settings
 
-__all__ = ["BodyTooLarge", "RequestGuard", "check_bearer", "forwarded_client"]
+__all__ = ["BodyTooLarge", "BodyTooSlow", "RequestGuard", "check_bearer", "forwarded_client"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_FORWARDED_HOPS = 32
@@ -35,6 +36,13 @@ MAX_FORWARDED_HOPS = 32
 MAX_TARGET_BYTES = 4096
 """Longest path plus query string, else 414. Below Python's 4300-digit limit for int():
 a 100,000-digit alert id made the path converter raise a 500."""
+
+
+class BodyTooSlow(HTTPException):
+    """Raised from ``receive`` when the body does not finish within the body timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"request body not received within {seconds:g}s")
 
 
 class BodyTooLarge(HTTPException):
@@ -156,14 +164,25 @@ class RequestGuard:
     async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         received = 0
         started = False
+        complete = False
+        # The whole body must arrive by then: a stalled body otherwise held its connection
+        # (one of ALERTQ_MAX_CONNECTIONS) and its buffer for ever.
+        deadline = asyncio.get_running_loop().time() + self.settings.body_timeout
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body: the wait for a disconnect is not bounded
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlow(self.settings.body_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(limit)
+                complete = not message.get("more_body", False)
             return message
 
         async def watching_send(message: Message) -> None:
@@ -174,10 +193,10 @@ class RequestGuard:
 
         try:
             await self.app(scope, counting_receive, watching_send)
-        except BodyTooLarge as exc:  # a route that let it escape
+        except (BodyTooLarge, BodyTooSlow) as exc:  # a route that let it escape
             if started:
                 raise
-            await _reply(send, 413, str(exc.detail))
+            await _reply(send, exc.status_code, str(exc.detail))
 
 
 async def _reply(send: Send, status: int, detail: str, extra: dict[str, str] | None = None) -> None:

@@ -59,6 +59,8 @@ __all__ = [
 DEFAULT_RESOLVE_TIMEOUT = timedelta(minutes=5)
 """Alertmanager's default ``global.resolve_timeout``: the ``endsAt`` it gives an alert sent
 without one, which is also the bound its ``endsAt >= startsAt`` check uses."""
+DEFAULT_MAX_ALERTS = 10_000
+"""Alerts in one body, unless ``ALERTQ_INTAKE_MAX_ALERTS`` says otherwise."""
 
 _KEYS = {
     "labels": "labels",
@@ -475,10 +477,13 @@ def parse_alerts_body(
     received_at: datetime,
     resolve_timeout: timedelta = DEFAULT_RESOLVE_TIMEOUT,
     check: Callable[[dict[str, Any]], None] = check_storable,
+    max_alerts: int = DEFAULT_MAX_ALERTS,
 ) -> IntakeResult:
     """Decode, validate and default one request body, as Alertmanager 0.25 would.
 
-    ``received_at`` (aware) replaces an unset ``startsAt``. Never raises for any input.
+    ``received_at`` (aware) replaces an unset ``startsAt``. A body of more than
+    ``max_alerts`` alerts is refused whole (413) before any alert is looked at: per-alert
+    work is what costs. Never raises for any input.
     """
     if received_at.tzinfo is None:
         raise ValueError(f"naive datetime {received_at!r}: pass an aware UTC datetime")
@@ -493,6 +498,13 @@ def parse_alerts_body(
             raise _BodyError(
                 f"json: cannot unmarshal {_kind(value)} into Go value of type models.PostableAlerts"
             )
+        if len(value) > max_alerts:
+            message = (
+                f"the body holds {len(value)} alerts, more than ALERTQ_INTAKE_MAX_ALERTS "
+                f"({max_alerts}): send smaller batches"
+            )
+            answer = json.dumps({"code": 413, "message": message}, separators=(",", ":"))
+            return IntakeResult(status=413, body=answer.encode())
         decoded = [_decode_alert(item) for item in value]
     except _BodyError as exc:
         message = f'parsing alerts body from "" failed, because {exc}'

@@ -281,6 +281,8 @@ async def run_service(settings: Settings) -> int:
                 access_log=False,
                 lifespan="off",
                 server_header=False,
+                # Bodies are buffered up to ALERTQ_MAX_REQUEST_BYTES each; bound how many.
+                limit_concurrency=settings.max_connections,
                 # X-Forwarded-For is honoured only from ALERTQ_TRUSTED_PROXIES, by the app's
                 # RequestGuard; uvicorn's own handling trusts 127.0.0.1 by default.
                 proxy_headers=False,
