@@ -35,7 +35,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -53,7 +53,7 @@ from alertq.db import create_engine, create_session_factory, transaction
 from alertq.driver import get_queue_driver
 from alertq.driver.managed import ManagedDriver, ManagedDue
 from alertq.enqueue import enqueue_alert
-from alertq.models import HeartbeatState, ManagedAlertModel, ManagedState
+from alertq.models import HeartbeatState, ManagedAlertModel, ManagedState, utcnow
 
 __all__ = [
     "HEARTBEAT_ALERTNAME",
@@ -92,10 +92,6 @@ HEARTBEAT_BATCH = 500
 
 KEEPALIVE_MAX_TICK = 5.0
 KEEPALIVE_MIN_TICK = 0.05
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def keepalive_tick(resend_interval: float) -> float:
