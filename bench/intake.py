@@ -3,7 +3,8 @@
 (200 only after the commit), against a real Alertmanager 0.25's in-memory intake of the same
 batches, in the same run.
 
-    python bench/intake.py [--runs 3] [--parts throughput,latency,sqlite] [--quick]
+    python bench/intake.py [--runs 3] [--parts throughput,latency,sqlite] [--two-servers]
+                           [--quick] [--profile FILE]
 
 Three parts:
 
@@ -13,7 +14,8 @@ Three parts:
   Alertmanager (``/usr/bin/prometheus-alertmanager`` on a free port). The two alternate
   which goes first, each run; alerts/s = alerts answered 200 / wall time, the ratio is taken
   within each run. Before the Alertmanager's turn, alertq has delivered its backlog, so
-  its worker does not steal the Alertmanager's CPU.
+  its worker does not steal the Alertmanager's CPU. ``--two-servers`` adds two
+  ``alertq run`` on the same database, the senders split between them (HA, scaling out).
 * **latency**: an open loop at ``--latency-rate`` (1,000) alerts/s, ``--latency-batch`` (10)
   alerts per POST spread over the senders, for ``--latency-seconds``. Intake POST latency is
   measured at the sender; end to end runs from the moment the sender began the POST to
@@ -163,9 +165,10 @@ class Conn:
                 await self.writer.wait_closed()
 
 
-async def closed_loop(port: int, work: list[list[bytes]]) -> tuple[float, list[float]]:
-    """Every sender posts its bodies back to back; returns (wall seconds, POST latencies)."""
-    conns = [Conn(port) for _ in work]
+async def closed_loop(ports: list[int], work: list[list[bytes]]) -> tuple[float, list[float]]:
+    """Sender i posts its bodies back to back to ``ports[i]``; returns (wall seconds, POST
+    latencies)."""
+    conns = [Conn(port) for port in ports]
     for conn in conns:
         await conn.open()
         await conn.post(b"[]")  # the connection is up and the server warm
@@ -310,22 +313,37 @@ class Args:
     sqlite_enqueues: int
     sqlite_batches: int
     profile: Path | None = None
+    two_servers: bool = False
+
+
+SYSTEM_NAMES = {
+    "alertq": "alertq run, PostgreSQL, durable (200 after COMMIT)",
+    "alertq x2": "2 × alertq run on one PostgreSQL (senders split), durable",
+    "alertmanager": "Alertmanager 0.25, in memory",
+}
 
 
 def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None:
     runs: list[dict[str, Any]] = []
+    systems = ["alertq"] + (["alertq x2"] if a.two_servers else []) + ["alertmanager"]
     with Stub() as stub, Alertmanager() as am:
-        server = AlertqRun(db_url, stub.url, workdir, a.profile)
+        servers = [AlertqRun(db_url, stub.url, workdir, a.profile)]
+        if a.two_servers:
+            servers.append(AlertqRun(db_url, stub.url, workdir))
         try:
             for r in range(a.runs):
-                order = ["alertq", "alertmanager"] if r % 2 == 0 else ["alertmanager", "alertq"]
+                order = systems[r % len(systems) :] + systems[: r % len(systems)]
                 result: dict[str, Any] = {"order": order}
                 for system in order:
                     work = bodies(
-                        f"{system}{r}{uuid.uuid4().hex[:6]}", a.senders, a.batches, a.batch_size
+                        f"{system[:6]}{r}{uuid.uuid4().hex[:6]}", a.senders, a.batches, a.batch_size
                     )
-                    port = server.port if system == "alertq" else am.port
-                    elapsed, lat = asyncio.run(closed_loop(port, work))
+                    if system == "alertmanager":
+                        ports = [am.port] * a.senders
+                    else:
+                        used = servers[: 2 if system == "alertq x2" else 1]
+                        ports = [used[i % len(used)].port for i in range(a.senders)]
+                    elapsed, lat = asyncio.run(closed_loop(ports, work))
                     n = a.senders * a.batches * a.batch_size
                     result[system] = {
                         "alerts": n,
@@ -334,59 +352,61 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                         "post_p50_ms": percentile(lat, 50) * 1000,
                         "post_p99_ms": percentile(lat, 99) * 1000,
                     }
-                    if system == "alertq":
-                        drained = asyncio.run(wait_delivered(db_url))
-                        result[system]["delivered_after_s"] = drained
+                    if system != "alertmanager":
+                        # Delivered before the next system's turn: no backlog steals its CPU.
+                        result[system]["delivered_after_s"] = asyncio.run(wait_delivered(db_url))
                     print(
                         f"run {r + 1} {system}: {n / elapsed:,.0f} alerts/s "
                         f"(POST p50 {result[system]['post_p50_ms']:.1f} ms)",
                         flush=True,
                     )
-                result["ratio"] = (
-                    result["alertq"]["alerts_per_s"] / result["alertmanager"]["alerts_per_s"]
-                )
+                for system in systems[:-1]:
+                    result[f"ratio {system}"] = (
+                        result[system]["alerts_per_s"] / result["alertmanager"]["alerts_per_s"]
+                    )
                 runs.append(result)
         finally:
-            server.stop()
+            for server in servers:
+                server.stop()
     report.data["throughput"] = runs
 
     def col(system: str, key: str) -> list[float]:
         return [x[system][key] for x in runs]
 
-    ratios = [x["ratio"] for x in runs]
-    q = col("alertq", "alerts_per_s")
-    m = col("alertmanager", "alerts_per_s")
-    report.table(
-        f"Intake of {a.batch_size}-alert batches from {a.senders} concurrent senders, "
-        f"{a.senders * a.batches * a.batch_size:,} alerts per system per run, "
-        f"median of {a.runs} runs (ratio taken within each run)",
-        ["system", "alerts/s", "min–max", "POST p50 ms", "POST p99 ms", "target"],
-        [
+    rows = []
+    for system in systems:
+        v = col(system, "alerts_per_s")
+        target = ""
+        if system == "alertq":
+            target = "≥ 20,000: " + ("met" if median(v) >= 20_000 else "MISSED")
+        rows.append(
             [
-                "alertq run, PostgreSQL, durable (200 after COMMIT)",
-                fmt(median(q)),
-                f"{fmt(min(q))}–{fmt(max(q))}",
-                fmt(median(col("alertq", "post_p50_ms"))),
-                fmt(median(col("alertq", "post_p99_ms"))),
-                "≥ 20,000: " + ("met" if median(q) >= 20_000 else "MISSED"),
-            ],
+                SYSTEM_NAMES[system],
+                fmt(median(v)),
+                f"{fmt(min(v))}–{fmt(max(v))}",
+                fmt(median(col(system, "post_p50_ms"))),
+                fmt(median(col(system, "post_p99_ms"))),
+                target,
+            ]
+        )
+    for system in systems[:-1]:
+        ratios = [x[f"ratio {system}"] for x in runs]
+        rows.append(
             [
-                "Alertmanager 0.25, in memory",
-                fmt(median(m)),
-                f"{fmt(min(m))}–{fmt(max(m))}",
-                fmt(median(col("alertmanager", "post_p50_ms"))),
-                fmt(median(col("alertmanager", "post_p99_ms"))),
-                "",
-            ],
-            [
-                "ratio alertq / Alertmanager",
+                f"ratio {system} / Alertmanager",
                 f"{median(ratios):.2f}",
                 f"{min(ratios):.2f}–{max(ratios):.2f}",
                 "",
                 "",
                 "≥ 0.5: " + ("met" if median(ratios) >= 0.5 else "MISSED"),
-            ],
-        ],
+            ]
+        )
+    report.table(
+        f"Intake of {a.batch_size}-alert batches from {a.senders} concurrent senders, "
+        f"{a.senders * a.batches * a.batch_size:,} alerts per system per run, "
+        f"median of {a.runs} runs (order rotated each run; ratio taken within each run)",
+        ["system", "alerts/s", "min–max", "POST p50 ms", "POST p99 ms", "target"],
+        rows,
     )
 
 
@@ -601,6 +621,11 @@ def main() -> None:
     parser.add_argument("--sqlite-enqueues", type=int, default=500)
     parser.add_argument("--sqlite-batches", type=int, default=40)
     parser.add_argument(
+        "--two-servers",
+        action="store_true",
+        help="throughput: also 2 alertq run on the same database, the senders split",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="write a pyinstrument text profile of the throughput part's alertq run here "
@@ -621,6 +646,7 @@ def main() -> None:
         ns.sqlite_enqueues,
         ns.sqlite_batches,
         ns.profile,
+        ns.two_servers,
     )
     parts = set(ns.parts.split(","))
     report = Report("intake", command_line(), out_dir(ns.out))
