@@ -3,10 +3,10 @@
 (200 only after the commit), against a real Alertmanager 0.25's in-memory intake of the same
 batches, in the same run.
 
-    python bench/intake.py [--runs 3] [--parts throughput,latency,sqlite] [--two-servers]
+    python bench/intake.py [--runs 3] [--parts throughput,latency,parse,sqlite] [--two-servers]
                            [--quick] [--profile FILE]
 
-Three parts:
+Four parts:
 
 * **throughput**: ``--senders`` (4) concurrent senders, each posting ``--batches`` bodies of
   ``--batch-size`` (256) distinct alerts back to back over one keep-alive connection, to
@@ -22,6 +22,8 @@ Three parts:
   the alert's ``updatedAt`` in a real Alertmanager behind ``alertq run`` (set on receipt,
   millisecond precision), read back from its API. The same open loop straight into an
   Alertmanager gives its own POST latency, for scale.
+* **parse**: the client CPU of one body's decoding and validation, step by step (the
+  profile of ``alertq run`` under ``--profile`` puts most of the intake's CPU there).
 * **sqlite**: what ``synchronous=FULL`` (alertq's default) costs a producer against
   ``NORMAL``, alternating in the same run: one-alert ``enqueue_alert`` transactions, and
   256-alert relay batches (``IntakeDriver.alerts_insert_many``).
@@ -44,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -68,11 +71,12 @@ from _common import (
     scalar,
     worker_env,
 )
+from alertq.alerts import label_fingerprint
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory, transaction
 from alertq.driver.intake import IntakeDriver, IntakeRow
 from alertq.enqueue import enqueue_alert
-from alertq.intake import parse_alerts_body
+from alertq.intake import check_storable, parse_alerts_body
 from alertq.migrate import upgrade
 
 ALERTS_PATH = "/api/v2/alerts"
@@ -502,6 +506,58 @@ def part_latency(a: Args, report: Report, db_url: str, workdir: Path) -> None:
     report.add(f"Alerts answered 200 by alertq but not listed by its Alertmanager: {lost}.")
 
 
+def part_parse(a: Args, report: Report) -> None:
+    """Client CPU (``time.process_time``) of what the relay does with one body before SQL,
+    best of 3 rounds of 30 calls per step, for each run: the profile's first suspect."""
+    raw = json.dumps(make_alerts("parse", 0, a.batch_size, datetime.now(UTC))).encode()
+    now = datetime.now(UTC)
+    parsed = parse_alerts_body(raw, received_at=now)
+    steps: dict[str, Callable[[], object]] = {
+        "parse_alerts_body (all of the below but the dumps)": lambda: parse_alerts_body(
+            raw, received_at=now
+        ),
+        "  of which check_storable (alerts.py's validate_payload per alert)": lambda: [
+            check_storable(x) for x in parsed.alerts
+        ],
+        "  of which label_fingerprint": lambda: [
+            label_fingerprint(x["labels"]) for x in parsed.alerts
+        ],
+        "  of which JSON decoding (json with an object_pairs_hook)": lambda: json.loads(
+            raw, object_pairs_hook=list
+        ),
+        "driver: json.dumps of each row's payload": lambda: [
+            json.dumps([x], ensure_ascii=False) for x in parsed.alerts
+        ],
+        "for scale: plain json.loads of the body": lambda: json.loads(raw),
+    }
+    runs: list[dict[str, float]] = []
+    for _ in range(a.runs):
+        result: dict[str, float] = {}
+        for name, step in steps.items():
+            best = float("inf")
+            for _ in range(3):
+                began = time.process_time()
+                for _ in range(30):
+                    step()
+                best = min(best, (time.process_time() - began) / 30)
+            result[name] = best * 1000
+        runs.append(result)
+    report.data["parse"] = runs
+    report.table(
+        f"CPU per {a.batch_size}-alert body before any SQL, ms (median over {a.runs} runs of "
+        "the best of 3 rounds)",
+        ["step", "ms", "µs per alert"],
+        [
+            [
+                name,
+                fmt(median([x[name] for x in runs]), 2),
+                fmt(median([x[name] for x in runs]) * 1000 / a.batch_size, 1),
+            ]
+            for name in steps
+        ],
+    )
+
+
 async def _sqlite_once(url: str, synchronous: str, a: Args) -> dict[str, float]:
     engine = create_engine(Settings(database_url=url))
 
@@ -610,7 +666,9 @@ def part_sqlite(a: Args, report: Report) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_common_args(parser)
-    parser.add_argument("--parts", default="throughput,latency,sqlite", help="comma-separated")
+    parser.add_argument(
+        "--parts", default="throughput,latency,parse,sqlite", help="comma-separated"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, one run")
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--batches", type=int, default=60, help="bodies per sender per run")
@@ -658,6 +716,8 @@ def main() -> None:
                     part_throughput(a, report, db_url, workdir)
                 if "latency" in parts:
                     part_latency(a, report, db_url, workdir)
+        if "parse" in parts:
+            part_parse(a, report)
         if "sqlite" in parts:
             part_sqlite(a, report)
     finally:
