@@ -33,6 +33,18 @@ Alertmanager lists it in ``GET /api/v2/alerts``) or ``failed`` with a reason; an
 else is **lost**. **Stuck** rows are pending rows still holding a lease. The last line is
 ``lost=0 stuck=0 ...``; the exit status is 1 if anything was lost or stuck, a worker
 crashed, or a producer gave up.
+
+**Relay mode** (``--relay``, issue 11): the alerts come in through ``POST /api/v2/alerts``
+instead of ``enqueue_alert``. The first ``--relay-servers`` worker slots run ``alertq run``
+(intake and delivery, each on its own fixed port) and the others ``alertq worker``; every
+slot, ``alertq run`` included, is ``kill -9``-ed at random and restarted on its port. The
+``--producers`` senders POST batches of ``--relay-batch`` alerts at the total ``--rate``
+(200/s by default), each to the next ``alertq run`` in turn; a POST that fails (connection
+refused or reset while a server restarts, a 500 while PostgreSQL restarts) is sent again
+to the next server until one answers 200, as an HA sender would. **Lost** is then every
+alert that got a 200 but has no ``sent`` row listed by an Alertmanager at the end; no alert
+is poisoned (a refused alert is never listed). The report also says how many alerts the
+restarted Alertmanager B lists again at the end (restart replay).
 """
 
 from __future__ import annotations
@@ -324,6 +336,67 @@ async def produce(
     return {"enqueued": len(seqs), "retries": retries, "seconds": time.monotonic() - start}
 
 
+async def relay_produce(
+    urls: list[str], run: str, seqs: list[int], rate: float, batch: int, black_hole_every: int
+) -> dict[str, float]:
+    """POST ``seqs`` in batches of ``batch`` at ``rate`` alerts/s, each batch to the next
+    ``alertq run`` in turn, again (to the next) until one answers 200: every alert counted
+    here got a 200 from alertq."""
+    retries = 0
+    clients = [httpx.AsyncClient(base_url=u, timeout=10, trust_env=False) for u in urls]
+    try:
+        deadline = time.monotonic() + 120
+        while not await _any_ready(clients):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no alertq run became ready in 120 s")
+            await asyncio.sleep(0.2)  # polling the servers' /-/ready
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        start = time.monotonic()
+        turn = 0
+        for k in range(0, len(seqs), batch):
+            delay = start + k / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing, not synchronisation
+            chunk = seqs[k : k + batch]
+            body = [
+                a
+                for seq in chunk
+                for a in chaos_payload(run, seq, fault_of(seq, 0, black_hole_every))
+            ]
+            deadline = time.monotonic() + 60
+            while True:
+                client = clients[turn % len(clients)]
+                turn += 1
+                try:
+                    response = await client.post(ALERTS_PATH, json=body)
+                    if response.status_code == 200:
+                        break
+                    if response.status_code < 500:
+                        raise RuntimeError(
+                            f"alertq answered {response.status_code}: {response.text}"
+                        )
+                    error = f"HTTP {response.status_code}"
+                except httpx.TransportError as exc:  # a server killed or restarting
+                    error = type(exc).__name__
+                retries += 1
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"seqs {chunk}: no 200 after 60 s: {error}")
+                await asyncio.sleep(0.1)
+    finally:
+        for client in clients:
+            await client.aclose()
+    return {"enqueued": len(seqs), "retries": retries, "seconds": time.monotonic() - start}
+
+
+async def _any_ready(clients: list[httpx.AsyncClient]) -> bool:
+    for client in clients:
+        with contextlib.suppress(httpx.HTTPError):
+            if (await client.get("/-/ready")).status_code == 200:
+                return True
+    return False
+
+
 # --------------------------------------------------------------------------- workers
 
 
@@ -425,11 +498,46 @@ class WorkerPool:
             # A database outage is logged once when it starts (and once a minute), not per
             # failed cycle: see alertq.db.DatabaseOutage.
             counts["database_outages"] += text.count("database unreachable at")
+            for match in REPLAYED_RE.finditer(text):
+                counts["replayed_alerts"] += int(match.group(1) or match.group(2))
         return counts
+
+
+class RelayPool(WorkerPool):
+    """Slots below ``servers`` run ``alertq run`` on a fixed port each (its URL in
+    :attr:`urls`), the rest ``alertq worker``. ``--drain`` rounds are plain workers."""
+
+    def __init__(self, size: int, servers: int, env: dict[str, str], workdir: Path) -> None:
+        super().__init__(size, env, workdir)
+        self.ports = [free_port() for _ in range(servers)]
+        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    def start(self, slot: int, *args: str) -> None:
+        if slot >= len(self.ports) or "--drain" in args:
+            super().start(slot, *args)
+            return
+        path = self.workdir / f"run-{slot}-{len(self.logs)}.log"
+        self.logs.append(path)
+        self.current_log[slot] = path
+        # INFO: the replay service logs how many alerts it re-sent (duplicates by design).
+        env = {
+            **self.env,
+            "ALERTQ_HTTP_ADDR": f"127.0.0.1:{self.ports[slot]}",
+            "ALERTQ_LOG_LEVEL": "INFO",
+        }
+        with path.open("wb") as out:
+            self.procs[slot] = subprocess.Popen(
+                [sys.executable, "-m", "alertq", "run", *args],
+                env=env,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
 
 RECLAIMED_RE = re.compile(r"reclaimed (\d+) rows whose lease had expired")
 TIMED_OUT_RE = re.compile(r"delivery failed rows=(\S+) .* error=timeout after")
+REPLAYED_RE = re.compile(r"replayed (\d+) live alerts|replay to \S+ stopped after (\d+) of")
 FENCED_RE = re.compile(r"(\d+) outcomes not recorded")
 
 
@@ -454,6 +562,9 @@ class Plan:
     seed: int
     poison_every: int
     black_hole_every: int = 0
+    relay: bool = False
+    relay_servers: int = 2
+    relay_batch: int = 4
     kill_interval: tuple[float, float] = (2.0, 4.0)
 
     @property
@@ -495,24 +606,31 @@ class Report:
     proxy_counters: dict[str, dict[str, int]] = field(default_factory=dict)
     worker_log: dict[str, int] = field(default_factory=dict)
     lost_examples: list[str] = field(default_factory=list)
+    relay: bool = False
 
     @property
     def duplicate_bound(self) -> int:
         """Each reclaim (a kill, a lost outcome) or timed-out POST may re-post a row once to
-        each Alertmanager; nothing else may cause a duplicate."""
+        each Alertmanager, and so may each row a producer stored twice (a commit, or a
+        relay 200, lost with the connection, then sent again); the relay's restart replay
+        re-sends each alert it replays once. Nothing else may cause a duplicate."""
+        resent = max(0, self.rows - self.alerts)
         return 2 * (
-            self.worker_log.get("reclaimed_rows", 0) + self.worker_log.get("timed_out_rows", 0)
-        )
+            self.worker_log.get("reclaimed_rows", 0)
+            + self.worker_log.get("timed_out_rows", 0)
+            + resent
+        ) + self.worker_log.get("replayed_alerts", 0)
 
     def final_line(self) -> str:
+        relay = f"listed_a={self.in_am_a} listed_b={self.in_am_b} " if self.relay else ""
         return (
             f"lost={self.lost} stuck={self.stuck} delivered={self.delivered} "
             f"failed={self.failed} duplicates={self.duplicates} "
             f"duplicate_bound={self.duplicate_bound} "
             f"max_lateness={self.max_lateness_s:.2f}s run_time={self.run_time_s:.1f}s "
             f"kills={self.kills} pg_restarts={self.pg_restarts} "
-            f"am_restarts={self.am_restarts} worker_crashes={self.worker_crashes}"
-        )
+            f"am_restarts={self.am_restarts} worker_crashes={self.worker_crashes} " + relay
+        ).strip()
 
     @property
     def ok(self) -> bool:
@@ -534,7 +652,7 @@ class Chaos:
         self.workdir = workdir
         self.rng = random.Random(plan.seed)
         self.run_id = uuid.uuid4().hex[:8]
-        self.report = Report(alerts=plan.alerts)
+        self.report = Report(alerts=plan.alerts, relay=plan.relay)
         self.stack = contextlib.ExitStack()
         self.t0 = time.monotonic()
         self.enqueued = 0
@@ -569,7 +687,16 @@ class Chaos:
             check=True,
             capture_output=True,
         )
-        self.pool = WorkerPool(self.plan.workers, self.env, self.workdir)
+        if self.plan.relay:
+            self.pool = RelayPool(
+                self.plan.workers, self.plan.relay_servers, self.env, self.workdir
+            )
+            log(
+                f"  alertq run {', '.join(self.pool.urls)} "
+                f"(+ {self.plan.workers - self.plan.relay_servers} alertq worker)"
+            )
+        else:
+            self.pool = WorkerPool(self.plan.workers, self.env, self.workdir)
         self.stack.callback(self.pool.stop_all, 5.0)
 
     # -- phases
@@ -638,6 +765,7 @@ class Chaos:
                         str(self.plan.poison_every),
                         "--black-hole-every",
                         str(self.plan.black_hole_every),
+                        *self.relay_args(),
                     ],
                     env=self.env,
                     cwd=self.workdir,
@@ -649,6 +777,16 @@ class Chaos:
             out.close()
             self.stack.callback(_kill, procs[-1])
         return procs
+
+    def relay_args(self) -> list[str]:
+        if not isinstance(self.pool, RelayPool):
+            return []
+        return [
+            "--relay-urls",
+            ",".join(self.pool.urls),
+            "--relay-batch",
+            str(self.plan.relay_batch),
+        ]
 
     async def release_producers(self, procs: list[subprocess.Popen[bytes]]) -> None:
         """Wait until every producer is connected and ready, then start them together."""
@@ -887,7 +1025,9 @@ def print_report(plan: Plan, r: Report) -> None:
         f"duplicates posted    {r.duplicates} (A {r.duplicates_by_am.get('A', 0)}, "
         f"B {r.duplicates_by_am.get('B', 0)}); at most {r.duplicate_bound} = 2 Alertmanagers "
         f"x ({r.worker_log.get('reclaimed_rows', 0)} rows reclaimed after a lease expired + "
-        f"{r.worker_log.get('timed_out_rows', 0)} rows in POSTs that timed out)"
+        f"{r.worker_log.get('timed_out_rows', 0)} rows in POSTs that timed out + "
+        f"{max(0, r.rows - r.alerts)} rows stored twice) + "
+        f"{r.worker_log.get('replayed_alerts', 0)} alerts replayed to a restarted Alertmanager"
     )
     log(
         f"lateness             max {r.max_lateness_s:.2f}s, p99 {r.p99_lateness_s:.2f}s, "
@@ -928,12 +1068,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="self-test: every Nth alert is answered 200 but dropped, so lost must be > 0",
     )
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="alerts come in through POST /api/v2/alerts of alertq run (issue 11)",
+    )
+    parser.add_argument(
+        "--relay-servers", type=int, default=2, help="relay mode: slots running alertq run"
+    )
+    parser.add_argument("--relay-batch", type=int, default=4, help="relay mode: alerts per POST")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     # Internal: the producer processes.
     parser.add_argument("--produce", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--relay-urls", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -941,7 +1091,13 @@ def producer_main(args: argparse.Namespace) -> int:
     index, count = map(int, args.produce.split(":"))
     seqs = list(range(index, args.alerts, count))
     faults = (args.poison_every, args.black_hole_every)
-    result = asyncio.run(produce(args.url, args.run, seqs, args.rate, faults))
+    if args.relay_urls:
+        urls = args.relay_urls.split(",")
+        result = asyncio.run(
+            relay_produce(urls, args.run, seqs, args.rate, args.relay_batch, args.black_hole_every)
+        )
+    else:
+        result = asyncio.run(produce(args.url, args.run, seqs, args.rate, faults))
     print(json.dumps(result), flush=True)
     return 0
 
@@ -952,9 +1108,24 @@ def main(argv: list[str] | None = None) -> int:
         return producer_main(args)
     alerts = args.alerts or (2_000 if args.quick else 20_000)
     rate = args.rate or (100.0 if args.quick else 200.0)
+    poison_every = args.poison_every
+    if args.relay:
+        # Issue 11: 200 alerts/s; a poisoned alert would never be listed, so none here.
+        alerts = args.alerts or (3_000 if args.quick else 20_000)
+        rate = args.rate or 200.0
+        poison_every = 0
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     plan = Plan(
-        alerts, args.workers, args.producers, rate, seed, args.poison_every, args.black_hole_every
+        alerts,
+        args.workers,
+        args.producers,
+        rate,
+        seed,
+        poison_every,
+        args.black_hole_every,
+        relay=args.relay,
+        relay_servers=min(args.relay_servers, args.workers),
+        relay_batch=args.relay_batch,
     )
     log(
         f"chaos: {alerts} alerts, {plan.workers} workers, {plan.producers} producers, "

@@ -8,7 +8,8 @@
 #
 # Needs PostgreSQL at ALERTQ_BENCH_POSTGRES_URL (default
 # postgresql+asyncpg://postgres@127.0.0.1:5432/postgres; each benchmark creates and drops
-# its own alertq_bench_* database) and /usr/bin/prometheus-alertmanager for latency.py.
+# its own alertq_bench_* database) and /usr/bin/prometheus-alertmanager for latency.py
+# and intake.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -24,7 +25,7 @@ for arg in "$@"; do
   esac
 done
 if [ ${#selected[@]} -eq 0 ]; then
-  selected=(stats_1m floor vs_pgqueuer throughput latency producer memory)
+  selected=(stats_1m floor vs_pgqueuer throughput latency producer memory intake)
 fi
 
 args_for() {
@@ -39,6 +40,7 @@ args_for() {
     latency)    echo "--seconds 5 --runs 1 --legacy-low-rate 0 --idle-seconds 5" ;;
     producer)   echo "--samples 300 --runs 1 --background-rows 10000" ;;
     memory)     echo "--rows 10000 --runs 1" ;;
+    intake)     echo "--quick" ;;
   esac
 }
 
@@ -54,7 +56,7 @@ done
   echo
   echo "Joined by \`bench/run_all.sh\` from each benchmark's latest results; each section gives"
   echo "its command, date and load average. Figures are medians of the stated runs on a shared machine."
-  for name in stats_1m floor vs_pgqueuer throughput latency producer memory; do
+  for name in stats_1m floor vs_pgqueuer throughput latency producer memory intake; do
     if [ -f "$OUT/$name.md" ]; then
       echo
       cat "$OUT/$name.md"

@@ -1,4 +1,5 @@
-"""The short chaos run (``bench/chaos.py --quick``) as an acceptance test.
+"""The short chaos runs (``bench/chaos.py --quick``, and ``--relay --quick``) as acceptance
+tests.
 
 Real processes throughout: a throw-away PostgreSQL cluster, two Alertmanagers, four
 ``alertq worker`` processes that are ``kill -9``-ed at random, one Alertmanager restarted
@@ -44,14 +45,13 @@ def _figures(line: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", line))
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-@pytest.mark.alertmanager
-def test_no_alert_is_lost_or_stuck_when_workers_alertmanager_and_postgres_fail() -> None:
+def _run_chaos(*args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, str], str]:
+    """Run ``bench/chaos.py ARGS``; return the run, the figures of its last line, and the
+    tail of its output (for assertion messages)."""
     _require_tools()
     # Its own session, so that a run that overruns can be stopped with everything it started.
     proc = subprocess.Popen(
-        [sys.executable, str(CHAOS), "--quick", "--seed", "7"],
+        [sys.executable, str(CHAOS), *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -72,18 +72,46 @@ def test_no_alert_is_lost_or_stuck_when_workers_alertmanager_and_postgres_fail()
     output = run.stdout + run.stderr
     lines = run.stdout.strip().splitlines()
     assert lines, output
-    figures = _figures(lines[-1])
     assert lines[-1].startswith("lost="), output[-4000:]
+    return run, _figures(lines[-1]), output[-4000:]
 
-    assert figures["lost"] == "0", output[-4000:]
-    assert figures["stuck"] == "0", output[-4000:]
-    assert figures["worker_crashes"] == "0", output[-4000:]
-    assert run.returncode == 0, output[-4000:]
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.alertmanager
+def test_no_alert_is_lost_or_stuck_when_workers_alertmanager_and_postgres_fail() -> None:
+    run, figures, output = _run_chaos("--quick", "--seed", "7")
+
+    assert figures["lost"] == "0", output
+    assert figures["stuck"] == "0", output
+    assert figures["worker_crashes"] == "0", output
+    assert run.returncode == 0, output
     # Every alert is accounted for: 2,000 enqueued, of which every 500th is refused.
-    assert int(figures["delivered"]) == 1996, output[-4000:]
-    assert int(figures["failed"]) == 4, output[-4000:]
-    assert int(figures["duplicates"]) <= int(figures["duplicate_bound"]), output[-4000:]
+    assert int(figures["delivered"]) == 1996, output
+    assert int(figures["failed"]) == 4, output
+    assert int(figures["duplicates"]) <= int(figures["duplicate_bound"]), output
     # The faults happened: without them the run proves nothing.
-    assert int(figures["kills"]) >= 3, output[-4000:]
-    assert figures["pg_restarts"] == "1", output[-4000:]
-    assert figures["am_restarts"] == "1", output[-4000:]
+    assert int(figures["kills"]) >= 3, output
+    assert figures["pg_restarts"] == "1", output
+    assert figures["am_restarts"] == "1", output
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.alertmanager
+def test_no_relayed_alert_answered_200_is_lost_when_alertq_run_alertmanager_and_pg_fail() -> None:
+    """Relay mode (issue 11): 3,000 alerts POSTed at 200/s to two ``alertq run`` through
+    ``/api/v2/alerts``; every one that got a 200 is listed by an Alertmanager at the end."""
+    run, figures, output = _run_chaos("--relay", "--quick", "--seed", "7")
+
+    assert figures["lost"] == "0", output
+    assert figures["stuck"] == "0", output
+    assert figures["worker_crashes"] == "0", output
+    assert run.returncode == 0, output
+    assert int(figures["delivered"]) == 3000, output
+    assert int(figures["duplicates"]) <= int(figures["duplicate_bound"]), output
+    # The restarted Alertmanager lists every alert again: replay, not a sender's re-send.
+    assert int(figures["listed_b"]) == 3000, output
+    assert int(figures["kills"]) >= 3, output
+    assert figures["pg_restarts"] == "1", output
+    assert figures["am_restarts"] == "1", output

@@ -147,7 +147,9 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # FULL: in WAL mode NORMAL can lose the last commits on a power loss or an OS
+        # crash, and a producer (the relay's 200 above all) promises they are durable.
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -166,7 +168,7 @@ def _begin_immediate(conn: Any) -> None:
 def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``settings.database_url`` (aiosqlite or asyncpg).
 
-    On SQLite every connection gets WAL, a busy timeout, ``synchronous=NORMAL`` and
+    On SQLite every connection gets WAL, a busy timeout, ``synchronous=FULL`` and
     ``BEGIN IMMEDIATE`` transactions; on
     PostgreSQL connections are checked before use so a restarted server is ridden out.
     """
