@@ -271,3 +271,37 @@ async def test_claim_after_statistics_of_an_empty_queue_reads_the_in_flight_set_
     # checked against that small set, never by a scan of the table per candidate.
     assert subplans(plan) == [], statement
     assert any(n["Node Type"] == "CTE Scan" for n in nodes(plan)), statement
+
+
+@postgres_only
+async def test_a_claim_leases_at_most_its_batch_after_plans_made_on_an_empty_queue(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    # One connection, as a worker has: five claims on the empty queue make PostgreSQL
+    # switch the prepared claim to a generic plan; then a burst arrives before any ANALYZE.
+    async with engine.connect() as conn:
+        await conn.execute(text(f"ANALYZE {TABLE}"))
+        await conn.commit()
+    single = create_engine(Settings(database_url=db_url), pool_size=1, max_overflow=0)
+    factory = create_session_factory(single)
+    try:
+        for token in range(1, 7):
+            async with factory() as session:
+                await session.begin()
+                now = datetime.now(UTC)
+                lease = now + timedelta(seconds=30)
+                assert (
+                    await get_alert_driver(session).alerts_claim(now, 256, lease, token, "p") == []
+                )
+                await session.rollback()
+        async with engine.begin() as conn:
+            await conn.execute(FILL, {"total": 5_000, "history": 0, "failed": 0})
+        async with factory() as session:
+            await session.begin()
+            now = datetime.now(UTC)
+            lease = now + timedelta(seconds=30)
+            rows = await get_alert_driver(session).alerts_claim(now, 256, lease, 7, "p")
+            await session.rollback()
+    finally:
+        await single.dispose()
+    assert len(rows) == 256

@@ -203,17 +203,19 @@ _NOTIFY = select(func.pg_notify(literal(NOTIFY_CHANNEL), literal("")))
 PG_CLAIM = """\
 WITH inflight AS MATERIALIZED (
     SELECT f.fingerprint FROM costsim_alert_queue AS f
-     WHERE f.status = $6 AND f.next_attempt_at > $1 AND f.leased_until > $1)
+     WHERE f.status = $6 AND f.next_attempt_at > $1 AND f.leased_until > $1),
+picked AS MATERIALIZED (
+    SELECT c.id, c.leased_until
+      FROM costsim_alert_queue AS c
+     WHERE c.status = $6 AND c.next_attempt_at <= $1
+       AND NOT EXISTS (SELECT 1 FROM inflight AS i WHERE i.fingerprint = c.fingerprint)
+     ORDER BY c.next_attempt_at, c.id
+     LIMIT $2
+       FOR UPDATE OF c SKIP LOCKED)
 UPDATE costsim_alert_queue AS q
    SET attempts = q.attempts + 1, last_attempt_at = $1, next_attempt_at = $3,
        leased_until = $3, lease_token = $4, leased_by = $5
-  FROM (SELECT c.id, c.leased_until
-          FROM costsim_alert_queue AS c
-         WHERE c.status = $6 AND c.next_attempt_at <= $1
-           AND NOT EXISTS (SELECT 1 FROM inflight AS i WHERE i.fingerprint = c.fingerprint)
-         ORDER BY c.next_attempt_at, c.id
-         LIMIT $2
-           FOR UPDATE OF c SKIP LOCKED) AS sub
+  FROM picked AS sub
  WHERE q.id = sub.id
 RETURNING q.id, q.payload::text, jsonb_array_length(q.payload), q.alert_type, q.incident_id,
           q.fingerprint, q.attempts, q.max_attempts, q.delivered_to::text, q.created_at,
@@ -228,7 +230,12 @@ pending rows" (a fresh or just-drained queue), rescanned every pending row for e
 candidate, and one claim over 20,000 pending rows took minutes. Now the probe's cost is
 bounded by the rows in flight. A leased row is never due (the claim sets
 ``next_attempt_at = leased_until``), so the set reads only the future end of the queue and
-never holds the candidate itself."""
+never holds the candidate itself.
+
+The candidates are a materialised CTE too, so they are chosen exactly once per statement.
+As a subquery joined in the UPDATE's FROM, a generic plan (chosen after five claims on an
+empty queue) rescanned it for every row of the join; each rescan locked the next rows, and
+one claim leased every due row of the queue, not ``$2`` of them."""
 
 
 def _pg_enqueue(notify: bool) -> str:
