@@ -348,6 +348,7 @@ async def test_breakers_trip_and_reset_through_the_api(
         ("post", "/api/breakers/b/trip", {}, "reason"),
         ("post", "/api/breakers/b%20c/trip", {"reason": "x"}, "pattern"),
         ("post", "/api/alerts/retry-failed", {"max_retries": 0}, "max_retries"),
+        ("post", "/api/alerts/retry-failed", {"max_retries": True}, "max_retries"),
         ("post", "/api/alerts/purge", {"older_than": "-5d"}, "invalid duration"),
         ("post", "/api/alerts/purge", {"older_than": "inf"}, "invalid duration"),
         ("post", "/api/alerts/purge", {"older_than": "1d", "statuses": []}, "statuses"),

@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
 
 from alertq import limits
 from alertq.breaker import BreakerState, IncidentView
@@ -150,8 +150,21 @@ class AlertPage(BaseModel):
     next_before_id: int | None
 
 
+def _not_a_bool(value: Any) -> Any:
+    # JSON true is not the number 1, though pydantic's lax mode would take it (and a strict
+    # int would refuse 3.0, which JSON Schema counts as an integer).
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+
+
 class RetryRequest(BaseModel):
-    max_retries: int = Field(3, ge=1, le=limits.MAX_RETRIES, description="Extra attempts to give.")
+    max_retries: Count = Field(
+        3, ge=1, le=limits.MAX_RETRIES, description="Extra attempts to give."
+    )
 
 
 class RetryResult(BaseModel):
