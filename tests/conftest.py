@@ -35,6 +35,16 @@ TABLES = (
 )
 
 
+TIERS = ("unit", "integration", "acceptance")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the directory it sits in (``-m "not acceptance"``)."""
+    for item in items:
+        if item.path.parent.name in TIERS:
+            item.add_marker(item.path.parent.name)
+
+
 def unavailable(what: str, why: str) -> None:
     """Fail in CI, skip loudly elsewhere."""
     message = f"{what} unavailable: {why}"
