@@ -13,9 +13,26 @@ from pathlib import Path
 
 import httpx
 
+from tests.acceptance.test_cli_hardening import alertq
 from tests.acceptance.test_relay_run import until_ready
 from tests.support import free_port
 from tests.support.processes import alertq_env, start_alertq, wait_until
+
+
+async def test_bidi_and_line_separators_in_a_reason_are_shown_escaped_by_the_cli(
+    db_url: str, tmp_path: Path
+) -> None:
+    # The CLI escaped C0/C1 controls only, while the text logs also escape format and
+    # line-separator characters: a reason with U+202E (right-to-left override) printed
+    # reversed text on the operator's terminal ("Trojan Source"). One rule for both now.
+    reason = "ok \u202egnp.exe\u202c and \u2028 a new line"
+    trip = await alertq(db_url, tmp_path, "breaker", "trip", "cb3", "--reason", reason)
+    assert trip.returncode == 0, trip.describe()
+    for command in (["breaker", "status"], ["breaker", "incidents"]):
+        result = await alertq(db_url, tmp_path, *command)
+        assert result.returncode == 0, result.describe()
+        assert "\u202e" not in result.stdout and "\u2028" not in result.stdout, result.describe()
+        assert "\\u202egnp.exe" in result.stdout, result.describe()
 
 
 def _stall_a_body(port: int) -> socket.socket:
