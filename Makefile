@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test services lint bench clean
+.PHONY: run test test-fast test-integration test-acceptance services lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,21 @@ run: $(VENV)/.installed-run
 	$(BIN)/alertq run
 
 ## Bring up PostgreSQL, Alertmanager, Prometheus and Chromium where it can; ruff, mypy,
-## import contracts; then the whole pytest suite.
+## import contracts; then the whole pytest suite (all three tiers under tests/).
 test: services $(VENV)/.installed-test lint
 	$(BIN)/pytest
+
+## The unit tier alone: pure tests, no services and no lint, for the edit-test loop.
+test-fast: $(VENV)/.installed-test
+	$(BIN)/pytest tests/unit
+
+## One tier with the services it needs: a real database (integration), or real processes,
+## Alertmanager, Prometheus and Chromium (acceptance).
+test-integration: services $(VENV)/.installed-test
+	$(BIN)/pytest tests/integration
+
+test-acceptance: services $(VENV)/.installed-test
+	$(BIN)/pytest tests/acceptance
 
 ## Start PostgreSQL if it is down; install the Debian packages the acceptance tests need
 ## (as root with apt). Whatever stays missing, the tests name (and fail on with CI=true).

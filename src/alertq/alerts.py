@@ -4,8 +4,8 @@ A payload is what ``POST /api/v2/alerts`` takes: a JSON array of alerts. alertq 
 when it is enqueued, more strictly than Alertmanager 0.25 does, so a row that enters the
 queue can never be refused for its content later (a refusal would dead-letter it). The
 promise is: **anything** ``enqueue_alert`` **accepts, Alertmanager 0.25 accepts**;
-``tests/test_payload_differential.py`` checks it against a real Alertmanager with the corpus
-in ``tests/support/payload_corpus.py``. The rules:
+``tests/acceptance/test_payload_differential.py`` checks it against a real Alertmanager
+with the corpus in ``tests/support/payload_corpus.py``. The rules:
 
 * a non-empty list of at most :data:`MAX_ALERTS_PER_PAYLOAD` alerts, at most
   :data:`MAX_PAYLOAD_BYTES` as JSON;

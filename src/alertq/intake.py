@@ -2,7 +2,7 @@
 
 Read from Alertmanager 0.25's ``api/v2/api.go`` (``postAlertsHandler``), its OpenAPI
 models (``PostableAlert``, ``Alert``) and go-openapi's runtime, then checked against the
-0.25 binary (``tests/test_relay_differential.py`` replays a corpus against both):
+0.25 binary (``tests/acceptance/test_relay_differential.py`` replays a corpus against both):
 
 1. **Decode** (Go ``encoding/json`` through go-openapi): the first JSON value of the body
    (trailing bytes are ignored), invalid UTF-8 and lone surrogates replaced by U+FFFD one

@@ -2,7 +2,7 @@
 and batches rows are sent.
 
 No I/O, no clock, no database: every input is an argument (the random source too), so
-the tables in ``tests/test_policy.py`` pin every rule. The engine applies the decisions.
+the tables in ``tests/unit/test_policy.py`` pin every rule. The engine applies the decisions.
 """
 
 from __future__ import annotations

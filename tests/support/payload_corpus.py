@@ -4,9 +4,10 @@ Each :class:`PayloadCase` is the exact JSON text that is POSTed to a real Alertm
 parsed by :func:`json.loads` (as Go's decoder would: the last duplicate key wins), handed to
 ``enqueue_alert``. The two verdicts are what was observed, not wished for:
 ``alertmanager_accepts`` is 0.25's answer (200 vs 400/422) and ``alertq_accepts`` is
-``enqueue_alert``'s. The differential test (``tests/test_payload_differential.py``) checks both
-against the real peers every run, and the rule that matters: **nothing Alertmanager refuses
-is accepted by alertq**. Where alertq is stricter, ``note`` says why.
+``enqueue_alert``'s. The differential test
+(``tests/acceptance/test_payload_differential.py``) checks both against the real peers every
+run, and the rule that matters: **nothing Alertmanager refuses is accepted by alertq**. Where
+alertq is stricter, ``note`` says why.
 
 Cases that depend on the clock take ``now``: Alertmanager answers relative to its own clock at
 POST time (later than ``now``), alertq relative to the ``now`` passed to ``enqueue_alert``.

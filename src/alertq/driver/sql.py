@@ -222,7 +222,7 @@ RETURNING q.id, q.payload::text, jsonb_array_length(q.payload), q.alert_type, q.
           sub.leased_until"""
 """Lease due rows: ``$1`` now, ``$2`` limit, ``$3`` lease end, ``$4`` token, ``$5`` worker,
 ``$6`` ``'pending'``. The status stays a parameter: PostgreSQL then keeps re-planning with
-custom plans, which match the partial index (``tests/test_query_plans.py`` checks it).
+custom plans, which match the partial index (``tests/integration/test_query_plans.py`` checks it).
 
 The fingerprints in flight are read once per claim, into a materialised CTE that holds
 only leased rows: a probe of the table per candidate, planned on statistics that said "no

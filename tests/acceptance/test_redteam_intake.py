@@ -1,0 +1,110 @@
+"""Findings of the red-team pass on the relay intake (issue 11 on top of issue 9): each
+test failed on main before its fix.
+
+Split by test tier: these are the acceptance tests; see also
+``tests/unit/test_redteam_intake.py`` and ``tests/integration/test_redteam_intake.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from pathlib import Path
+
+import httpx
+
+from tests.acceptance.test_cli_hardening import alertq
+from tests.acceptance.test_relay_run import until_ready
+from tests.support import free_port
+from tests.support.processes import alertq_env, start_alertq, wait_until
+
+
+async def test_bidi_and_line_separators_in_a_reason_are_shown_escaped_by_the_cli(
+    db_url: str, tmp_path: Path
+) -> None:
+    # The CLI escaped C0/C1 controls only, while the text logs also escape format and
+    # line-separator characters: a reason with U+202E (right-to-left override) printed
+    # reversed text on the operator's terminal ("Trojan Source"). One rule for both now.
+    reason = "ok \u202egnp.exe\u202c and \u2028 a new line"
+    trip = await alertq(db_url, tmp_path, "breaker", "trip", "cb3", "--reason", reason)
+    assert trip.returncode == 0, trip.describe()
+    for command in (["breaker", "status"], ["breaker", "incidents"]):
+        result = await alertq(db_url, tmp_path, *command)
+        assert result.returncode == 0, result.describe()
+        assert "\u202e" not in result.stdout and "\u2028" not in result.stdout, result.describe()
+        assert "\\u202egnp.exe" in result.stdout, result.describe()
+
+
+def _stall_a_body(port: int) -> socket.socket:
+    """A connection that sent headers and 64 KiB of a 4 MB body, then stops sending."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = (
+        "POST /api/v2/alerts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 4000000\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"[" + b" " * 65536)
+    return sock
+
+
+async def test_connections_are_bounded_so_stalled_bodies_cannot_exhaust_memory(
+    db_url: str, tmp_path: Path
+) -> None:
+    # 300 connections that each sent 3 MiB of a legal 4 MiB body and then stalled took an
+    # unauthenticated attacker from 101 MB to 1,024 MB of RSS (977 MB after they closed):
+    # nothing bounded how many bodies were buffered at once.
+    port = free_port()
+    env = alertq_env(db_url, http_addr=f"127.0.0.1:{port}", max_connections=3)
+    url = f"http://127.0.0.1:{port}"
+    with start_alertq(["run"], env, cwd=tmp_path) as server:
+        await until_ready(server, url)
+        stalled = [_stall_a_body(port) for _ in range(8)]
+        try:
+
+            def still_buffered() -> int:
+                """Stalled bodies the server is still waiting on (no answer yet)."""
+                waiting = 0
+                for sock in stalled:
+                    sock.setblocking(False)
+                    try:
+                        sock.recv(1, socket.MSG_PEEK)
+                    except BlockingIOError:
+                        waiting += 1
+                return waiting
+
+            # Over the limit a connection gets 503 at once instead of having its body
+            # buffered: at most max_connections bodies are held.
+            await wait_until(lambda: still_buffered() <= 3, within=10, message=server.describe)
+        finally:
+            for sock in stalled:
+                sock.close()
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+
+            async def served() -> bool:
+                return (await client.get(f"{url}/-/healthy")).status_code == 200
+
+            await wait_until(served, within=10, message=server.describe)
+
+
+async def test_a_body_that_stalls_is_answered_408_and_its_connection_freed(
+    db_url: str, tmp_path: Path
+) -> None:
+    # A stalled body held its connection and buffer for ever: nothing timed a body out.
+    port = free_port()
+    env = alertq_env(db_url, http_addr=f"127.0.0.1:{port}", body_timeout=1)
+    with start_alertq(["run"], env, cwd=tmp_path) as server:
+        await until_ready(server, f"http://127.0.0.1:{port}")
+        sock = _stall_a_body(port)
+        try:
+            sock.setblocking(False)
+            answer = b""
+
+            def answered() -> bool:
+                nonlocal answer
+                with contextlib.suppress(BlockingIOError):
+                    answer += sock.recv(4096)
+                return b"\r\n\r\n" in answer
+
+            await wait_until(answered, within=10, message=server.describe)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+        finally:
+            sock.close()

@@ -1,0 +1,73 @@
+"""Every setting does what it says: each ``Settings`` field is read by the code, and
+``ALERTQ_MAX_ATTEMPTS`` alone decides how often a row is tried.
+
+Split by test tier: these are the acceptance tests; see also
+``tests/unit/test_settings_wiring.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alertq.config import Settings, get_settings
+from alertq.db import transaction
+from alertq.delivery import AlertmanagerClient
+from alertq.driver import get_queue_driver
+from alertq.engine import AlertWorker
+from alertq.enqueue import enqueue_alert
+from tests.support.clock import FakeClock
+from tests.support.processes import alertq_env, run_alertq_async
+from tests.support.stub import StubAlertmanager
+
+
+@pytest.fixture
+def max_attempts_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERTQ_MAX_ATTEMPTS", "2")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+async def test_max_attempts_env_var_alone_decides_when_a_row_fails(
+    max_attempts_env: None,
+    db_url: str,
+    session_factory: async_sessionmaker[AsyncSession],
+    stub: StubAlertmanager,
+) -> None:
+    stub.respond(503, "try later")
+    async with transaction(session_factory) as s:
+        row = await enqueue_alert(s, [{"labels": {"alertname": "Retry"}}], "disable")
+    clock = FakeClock()  # after the enqueue: the row is due
+    assert row.max_attempts == 2
+    settings = Settings(database_url=db_url, alertmanager_urls=[stub.url], backoff_base=0.01)
+    worker = AlertWorker(settings, session_factory, clock=clock)
+    client = AlertmanagerClient.from_settings(settings)
+    try:
+        for _ in range(2):
+            assert await worker.run_once(client) == 1
+            clock.advance(60)
+
+    finally:
+        await client.aclose()
+    async with session_factory() as s:
+        got = await get_queue_driver(s).alerts_get(row.id)
+    assert got is not None and (got.status, got.attempts) == ("failed", 2)
+
+
+async def test_cli_enqueue_takes_max_attempts_from_the_environment(
+    db_url: str, tmp_path: Path, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    file = tmp_path / "alert.json"
+    file.write_text(json.dumps([{"labels": {"alertname": "FromCli"}}]))
+    env = alertq_env(db_url, max_attempts=4)
+    done = await run_alertq_async(
+        ["enqueue", "--file", str(file), "--type", "disable"], env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.describe()
+    async with session_factory() as s:
+        got = await get_queue_driver(s).alerts_get(int(done.stdout.strip()))
+    assert got is not None and got.max_attempts == 4

@@ -1,0 +1,106 @@
+"""Managed alerts and heartbeats from the command line (real subprocesses) and over the
+ops API (in-process): what they store, and bad input refused with the rule broken.
+
+Split by test tier: these are the integration tests; see also
+``tests/acceptance/test_managed_cli_api.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alertq.models import ManagedAlertModel
+from tests.integration.test_api import AUTH, api_settings, serve
+from tests.support.clock import FakeClock
+
+Factory = async_sessionmaker[AsyncSession]
+
+
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+async def managed(factory: Factory) -> list[ManagedAlertModel]:
+    async with factory() as s:
+        return list((await s.scalars(select(ManagedAlertModel))).all())
+
+
+async def test_api_fire_resolve_ping_and_list(db_url: str, session_factory: Factory) -> None:
+    async with serve(api_settings(db_url), session_factory) as (client, _):
+        body = {"labels": {"alertname": "DiskFull", "host": "db1"}, "expires_in": "2h"}
+        r = await client.post("/api/managed/fire", json=body, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["detail"] == "fired" and r.json()["alert"]["state"] == "firing"
+        r = await client.get("/api/managed")
+        assert [a["labels"]["host"] for a in r.json()] == ["db1"]
+        r = await client.post("/api/managed/resolve", json={"labels": body["labels"]}, headers=AUTH)
+        assert r.json()["detail"] == "resolved"
+        r = await client.post("/api/managed/resolve", json={"labels": body["labels"]}, headers=AUTH)
+        assert r.status_code == 200 and r.json() == {**r.json(), "changed": False}
+        assert r.json()["detail"] == "not firing"
+        r = await client.post(
+            "/api/heartbeats/backup",
+            json={"within": "26h", "labels": {"team": "ops"}},
+            headers=AUTH,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "ok" and r.json()["window_seconds"] == 26 * 3600
+        r = await client.get("/api/heartbeats")
+        assert [h["name"] for h in r.json()] == ["backup"]
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/api/managed/fire", {"labels": {"alertname": "A", "bad-name": "x"}}, "bad-name"),
+        ("/api/managed/fire", {"labels": {"host": "x"}}, "labels must include alertname"),
+        ("/api/managed/fire", {"labels": {"alertname": "A"}, "expires_in": "0s"}, "expires_in"),
+        ("/api/managed/fire", {"labels": {"alertname": "A"}, "expires_in": "2y"}, "pattern"),
+        ("/api/managed/resolve", {"labels": {"alertname": "A\u0000"}}, "alertname"),
+        ("/api/managed/resolve", {"labels": {"alertname": ""}}, "at least 1 character"),
+        ("/api/heartbeats/backup", {"within": "never"}, "within"),
+        ("/api/heartbeats/backup", {"within": "1h", "labels": {"heartbeat": "x"}}, "set by"),
+    ],
+)
+async def test_api_bad_labels_get_422_with_the_rule(
+    db_url: str, session_factory: Factory, path: str, body: dict[str, Any], message: str
+) -> None:
+    async with serve(api_settings(db_url), session_factory) as (client, _):
+        r = await client.post(path, json=body, headers=AUTH)
+        assert r.status_code == 422, r.text
+        assert message in r.text
+    assert await managed(session_factory) == []
+
+
+@SQLITE_ONLY
+async def test_api_mutations_need_the_token(db_url: str, session_factory: Factory) -> None:
+    async with serve(api_settings(db_url), session_factory) as (client, _):
+        fire = {"labels": {"alertname": "A"}}
+        assert (await client.post("/api/managed/fire", json=fire)).status_code == 401
+        assert (await client.post("/api/managed/resolve", json=fire)).status_code == 401
+        ping = {"within": "1h"}
+        assert (await client.post("/api/heartbeats/x", json=ping)).status_code == 401
+        bad = {"Authorization": "Bearer nope"}
+        assert (await client.post("/api/managed/fire", json=fire, headers=bad)).status_code == 401
+    assert await managed(session_factory) == []
+
+
+async def test_status_page_shows_managed_alerts_and_heartbeats(
+    db_url: str, session_factory: Factory
+) -> None:
+    clock = FakeClock()
+    async with serve(api_settings(db_url), session_factory, clock=clock) as (client, _):
+        fire = {"labels": {"alertname": "DiskFull", "host": "db1"}, "expires_in": "2h"}
+        assert (await client.post("/api/managed/fire", json=fire, headers=AUTH)).is_success
+        ping = {"within": "26h"}
+        assert (await client.post("/api/heartbeats/backup", json=ping, headers=AUTH)).is_success
+        page = (await client.get("/")).text
+    managed_table = page.split('id="managed"')[1].split("</table>")[0]
+    assert "DiskFull" in managed_table and "host=db1" in managed_table
+    assert "firing" in managed_table and "expires in 2h 00m" in managed_table
+    heartbeat_table = page.split('id="heartbeats"')[1].split("</table>")[0]
+    assert "backup" in heartbeat_table and "in 1d 2h" in heartbeat_table

@@ -1,0 +1,169 @@
+"""An idle worker learns of new rows without waiting for its poll: on SQLite from
+``PRAGMA data_version`` (another connection or process committed), and from a producer of
+its own process directly (:mod:`alertq.wakeup`, what the relay calls after its commit).
+
+Split by test tier: these are the integration tests; see also ``tests/unit/test_wakeup.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alertq import wakeup
+from alertq.config import Settings
+from alertq.db import create_engine, create_session_factory, read_transaction, transaction
+from alertq.driver import get_queue_driver
+from alertq.engine import AlertWorker
+from alertq.enqueue import enqueue_alert
+from tests.support.stub import StubAlertmanager
+
+Factory = async_sessionmaker[AsyncSession]
+
+
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+# Far longer than any deadline below: a pickup within the deadline is not the poll's.
+POLL = 60.0
+
+
+DEADLINE = 5.0
+
+
+def alert(name: str) -> list[dict[str, Any]]:
+    return [{"labels": {"alertname": name}}]
+
+
+async def until(condition: Callable[[], bool], what: str, deadline: float = DEADLINE) -> float:
+    """Poll ``condition`` until true; returns the seconds it took, fails after ``deadline``."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > deadline:
+            raise AssertionError(f"not within {deadline}s: {what}")
+        await asyncio.sleep(0.01)  # poll interval of the check itself
+    return time.monotonic() - start
+
+
+@asynccontextmanager
+async def idle_worker(settings: Settings, factory: Factory) -> AsyncIterator[AlertWorker]:
+    """A running worker that has found nothing to do and is waiting."""
+    worker = AlertWorker(settings, factory)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await until(lambda: worker.stats.idle_waits >= 1, "the worker went idle")
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@sqlite_only
+async def test_an_idle_sqlite_worker_picks_up_another_connections_commit_without_polling(
+    db_url: str, stub: StubAlertmanager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALERTQ_SQLITE_WAKE_INTERVAL", "0.05")
+    settings = Settings(database_url=db_url, alertmanager_urls=[stub.url], poll_interval=POLL)
+    assert settings.sqlite_wake_interval == 0.05
+    worker_engine = create_engine(settings)
+    # The producer has its own engine: its commit reaches the worker only through the file,
+    # as a producer in another process does.
+    producer_engine = create_engine(Settings(database_url=db_url))
+    try:
+        async with idle_worker(settings, create_session_factory(worker_engine)):
+            async with transaction(create_session_factory(producer_engine)) as s:
+                await enqueue_alert(s, alert("FromElsewhere"), "disable")
+            took = await until(lambda: stub.requests == 1, "the alert was delivered")
+    finally:
+        await worker_engine.dispose()
+        await producer_engine.dispose()
+    assert [a["labels"]["alertname"] for a in stub.received_alerts()] == ["FromElsewhere"]
+    assert took < DEADLINE
+
+
+@sqlite_only
+async def test_enqueue_in_the_workers_own_process_wakes_it_on_commit(
+    db_url: str, stub: StubAlertmanager
+) -> None:
+    # Neither the poll nor the data_version watch (60 s each) can explain a quick pickup.
+    settings = Settings(
+        database_url=db_url,
+        alertmanager_urls=[stub.url],
+        poll_interval=POLL,
+        sqlite_wake_interval=POLL,
+        concurrency=1,
+    )
+    engine = create_engine(settings)
+    factory = create_session_factory(engine)
+    try:
+        async with idle_worker(settings, factory) as worker:
+            async with transaction(factory) as s:
+                await enqueue_alert(s, alert("SameProcess"), "disable")
+                # Not before the commit: the worker could not see the row yet.
+                assert worker.stats.idle_waits == 1
+            await until(lambda: stub.requests == 1, "the alert was delivered")
+    finally:
+        await engine.dispose()
+    assert [a["labels"]["alertname"] for a in stub.received_alerts()] == ["SameProcess"]
+
+
+@sqlite_only
+async def test_wake_workers_after_a_commit_wakes_them_from_any_thread(
+    db_url: str, stub: StubAlertmanager
+) -> None:
+    # What the relay does: commit rows by its own statements, then call wake_workers(),
+    # here from a worker thread, as a sync producer would.
+    settings = Settings(
+        database_url=db_url,
+        alertmanager_urls=[stub.url],
+        poll_interval=POLL,
+        sqlite_wake_interval=POLL,
+        concurrency=1,
+    )
+    engine = create_engine(settings)
+    factory = create_session_factory(engine)
+    try:
+        async with idle_worker(settings, factory):
+            async with transaction(factory) as s:
+                await get_queue_driver(s).alerts_insert(alert("Relayed"), "relay", None, None)
+            assert wakeup.has_subscribers()
+            await asyncio.to_thread(wakeup.wake_workers)
+            await until(lambda: stub.requests == 1, "the alert was delivered")
+    finally:
+        await engine.dispose()
+    assert not wakeup.has_subscribers()  # the worker unsubscribed when it stopped
+
+
+@sqlite_only
+async def test_an_idle_workers_look_at_the_queue_does_not_wait_for_the_write_lock(
+    db_url: str,
+) -> None:
+    # A producer holds SQLite's write lock; the worker's read of the queue counts still
+    # answers at once (it used to begin IMMEDIATE and queue behind every writer).
+    settings = Settings(database_url=db_url, sqlite_busy_timeout_ms=200)
+    engine = create_engine(settings)
+    factory = create_session_factory(engine)
+    writer = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        async with read_transaction(factory) as s:
+            counts = await get_queue_driver(s).alerts_counts(datetime.now(UTC))
+        assert (counts.due, counts.leased) == (0, 0)
+        with pytest.raises(OperationalError, match="locked"):
+            async with transaction(factory) as s:
+                await get_queue_driver(s).alerts_counts(datetime.now(UTC))
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        await engine.dispose()
