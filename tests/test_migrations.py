@@ -25,7 +25,7 @@ from alertq.migrate import current, upgrade
 from alertq.models import Base
 from tests.conftest import PG_ADMIN_URL, _admin, unavailable
 
-HEAD = "0004_intake_source"
+HEAD = "0005_queue_write_indexes"
 """The newest revision: an upgraded database is stamped with it."""
 
 LEGACY_DDL = [
