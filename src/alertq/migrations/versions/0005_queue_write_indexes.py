@@ -28,8 +28,9 @@ FAILED = sa.text("status = 'failed'")
 
 
 def upgrade() -> None:
-    op.drop_index("idx_costsim_alert_queue_next", TABLE)
-    op.drop_index("idx_costsim_alert_queue_status", TABLE)
+    # An adopted legacy database may lack either of the seed's indexes.
+    op.drop_index("idx_costsim_alert_queue_next", TABLE, if_exists=True)
+    op.drop_index("idx_costsim_alert_queue_status", TABLE, if_exists=True)
     op.drop_index("ix_costsim_alert_queue_incident_id", TABLE)
     op.create_index(
         "ix_costsim_alert_queue_incident_id",
