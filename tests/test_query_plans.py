@@ -330,3 +330,21 @@ async def test_claim_looks_each_candidate_up_in_the_in_flight_set_instead_of_sca
     init = [n for n in nodes(plan) if n.get("Parent Relationship") == "InitPlan"]
     assert any(m.get("CTE Name") == "inflight" for n in init for m in nodes(n)), statement
     assert subplans(plan) == [], statement
+
+
+@postgres_only
+async def test_retry_failed_reads_only_failed_rows_through_their_partial_index(
+    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    # The full status index is gone (migration 0005): failed rows keep a small one.
+    await fill(engine, BACKLOG)
+    async with session_factory() as session:
+        await session.begin()
+
+        async def retry(driver: AlertDriver) -> None:
+            await driver.alerts_retry_failed(3, datetime.now(UTC))
+
+        statement, plan = await explain_driver_statement(engine, session, retry, "UPDATE")
+        await session.rollback()
+    assert "ix_costsim_alert_queue_failed" in indexes_used(plan), statement
+    assert table_scans(plan) == [], statement
