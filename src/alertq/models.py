@@ -139,9 +139,9 @@ class CostSimAlertQueueModel(Base):
     source_agent: Mapped[str | None] = mapped_column(Text)
     """The sender's ``User-Agent`` (at most 200 characters)."""
 
+    # Every claim and record writes an entry in each index a row is in (migration 0005):
+    # only the partial ones the queries need.
     __table_args__ = (
-        Index("idx_costsim_alert_queue_next", "next_attempt_at"),
-        Index("idx_costsim_alert_queue_status", "status"),
         Index(
             "ix_costsim_alert_queue_due",
             "next_attempt_at",
@@ -155,7 +155,18 @@ class CostSimAlertQueueModel(Base):
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
-        Index("ix_costsim_alert_queue_incident_id", "incident_id"),
+        Index(
+            "ix_costsim_alert_queue_incident_id",
+            "incident_id",
+            postgresql_where=text("incident_id IS NOT NULL"),
+            sqlite_where=text("incident_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_costsim_alert_queue_failed",
+            "id",
+            postgresql_where=text("status = 'failed'"),
+            sqlite_where=text("status = 'failed'"),
+        ),
     )
 
 

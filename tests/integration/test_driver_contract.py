@@ -228,6 +228,26 @@ async def test_alerts_claim_skips_a_fingerprint_in_flight_and_reclaims_expired_l
     assert sorted(await get_queue_driver(tx).alerts_mark_sent([a, b], 3, expired, [])) == [a, b]
 
 
+async def test_alerts_claim_skips_only_fingerprints_in_flight_never_rows_without_one(
+    tx: AsyncSession,
+) -> None:
+    # Rows without a fingerprint have no order to keep: one in flight holds back none.
+    queue = get_queue_driver(tx)
+    bare = [
+        (await queue.alerts_insert(alert(f"N{i}"), "disable", None, None, now=T0)).id
+        for i in range(2)
+    ]
+    x, x2 = await add(tx, 2, at=T0 + timedelta(seconds=1), fingerprint="x")
+    now = T0 + timedelta(minutes=1)
+    assert [c.id for c in await claim(tx, now, 1, token=1)] == [bare[0]]
+    assert [c.id for c in await claim(tx, now, 1, token=2)] == [bare[1]]
+    # In flight now: two rows without a fingerprint; "x" waits for its older twin only.
+    assert [c.id for c in await claim(tx, now, 1, token=3)] == [x]
+    assert await claim(tx, now, 10, token=4) == []
+    expired = now + LEASE + timedelta(seconds=1)
+    assert [c.id for c in await claim(tx, expired, 10, token=5)] == [*bare, x, x2]
+
+
 async def test_alerts_record_methods_apply_only_with_the_current_lease_token(
     tx: AsyncSession,
 ) -> None:

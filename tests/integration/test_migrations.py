@@ -22,7 +22,7 @@ from alertq.driver import get_alert_driver
 from alertq.migrate import current, upgrade
 from alertq.models import Base
 
-HEAD = "0004_intake_source"
+HEAD = "0005_queue_write_indexes"
 """The newest revision: an upgraded database is stamped with it."""
 
 
@@ -90,6 +90,38 @@ def test_postgres_claim_index_is_partial_and_autovacuum_tuned(empty_pg_url: str)
     indexdef, options = asyncio.run(read())
     assert "WHERE (status = 'pending'::text)" in indexdef
     assert "autovacuum_vacuum_scale_factor=0.01" in options
+
+
+@pytest.mark.postgres
+def test_postgres_queue_keeps_only_the_indexes_its_queries_read(empty_pg_url: str) -> None:
+    # Every claim and record writes a new entry in each index a row is in: the seed's full
+    # next_attempt_at and status indexes, read by no query, doubled PostgreSQL's CPU per row.
+    upgrade(empty_pg_url)
+
+    async def read() -> dict[str, str]:
+        engine = create_engine(Settings(database_url=empty_pg_url))
+        try:
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT indexname, indexdef FROM pg_indexes "
+                        "WHERE tablename = 'costsim_alert_queue'"
+                    )
+                )
+                return {name: definition for name, definition in rows.all()}
+        finally:
+            await engine.dispose()
+
+    indexes = asyncio.run(read())
+    assert set(indexes) == {
+        "costsim_alert_queue_pkey",
+        "ix_costsim_alert_queue_due",
+        "ix_costsim_alert_queue_pending_fingerprint",
+        "ix_costsim_alert_queue_incident_id",
+        "ix_costsim_alert_queue_failed",
+    }
+    assert "WHERE (incident_id IS NOT NULL)" in indexes["ix_costsim_alert_queue_incident_id"]
+    assert "WHERE (status = 'failed'::text)" in indexes["ix_costsim_alert_queue_failed"]
 
 
 def test_legacy_sqlite_database_at_baseline_is_upgraded_in_place(tmp_path: Path) -> None:

@@ -305,3 +305,46 @@ async def test_a_claim_leases_at_most_its_batch_after_plans_made_on_an_empty_que
     finally:
         await single.dispose()
     assert len(rows) == 256
+
+
+@postgres_only
+async def test_claim_looks_each_candidate_up_in_the_in_flight_set_instead_of_scanning_it(
+    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    # Two loops' batches in flight, as in a busy drain. Checked with an anti join, the
+    # planner (under the LIMIT) compared each of 256 candidates with each of 512 rows in
+    # flight: more than half of PostgreSQL's CPU per drained row.
+    await fill(engine, BACKLOG)
+    for token in (1, 2):
+        async with session_factory() as session:
+            await session.begin()
+            now = datetime.now(UTC)
+            lease = now + timedelta(seconds=30)
+            rows = await get_alert_driver(session).alerts_claim(now, 256, lease, token, "busy")
+            assert len(rows) == 256
+            await session.commit()
+    statement, plan = await explain_claim(engine, session_factory)
+    joins = [n for n in nodes(plan) if n.get("Join Type") == "Anti" or "Join Filter" in n]
+    assert joins == [], statement
+    # The set is built once (an InitPlan over the CTE), then each candidate is one lookup.
+    init = [n for n in nodes(plan) if n.get("Parent Relationship") == "InitPlan"]
+    assert any(m.get("CTE Name") == "inflight" for n in init for m in nodes(n)), statement
+    assert subplans(plan) == [], statement
+
+
+@postgres_only
+async def test_retry_failed_reads_only_failed_rows_through_their_partial_index(
+    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    # The full status index is gone (migration 0005): failed rows keep a small one.
+    await fill(engine, BACKLOG)
+    async with session_factory() as session:
+        await session.begin()
+
+        async def retry(driver: AlertDriver) -> None:
+            await driver.alerts_retry_failed(3, datetime.now(UTC))
+
+        statement, plan = await explain_driver_statement(engine, session, retry, "UPDATE")
+        await session.rollback()
+    assert "ix_costsim_alert_queue_failed" in indexes_used(plan), statement
+    assert table_scans(plan) == [], statement
