@@ -277,13 +277,9 @@ class Outcome:
 # --------------------------------------------------------------------------- the service
 
 
-class ManagedAlerts:
-    """Fire, resolve and list managed alerts; ping and list heartbeats.
-
-    Each call runs in its own transaction, or in the caller's with ``session=`` (then
-    nothing is committed here: if the caller rolls back, nothing happened). Everything is
-    validated before any statement runs. ``clock`` is injectable for tests.
-    """
+class _Service:
+    """What the managed-alerts service and the keep-alive pass share: settings, where
+    sessions come from, and the clock (injectable for tests)."""
 
     def __init__(
         self,
@@ -295,6 +291,15 @@ class ManagedAlerts:
         self.settings = settings
         self.session_factory = session_factory
         self.clock = clock
+
+
+class ManagedAlerts(_Service):
+    """Fire, resolve and list managed alerts; ping and list heartbeats.
+
+    Each call runs in its own transaction, or in the caller's with ``session=`` (then
+    nothing is committed here: if the caller rolls back, nothing happened). Everything is
+    validated before any statement runs. ``clock`` is injectable for tests.
+    """
 
     @asynccontextmanager
     async def _transaction(self, session: AsyncSession | None) -> AsyncIterator[AsyncSession]:
@@ -648,24 +653,13 @@ class KeepaliveResult:
         return self.rearmed + self.enqueued + self.expired + self.heartbeats_missing
 
 
-class ManagedKeepalive:
+class ManagedKeepalive(_Service):
     """One keep-alive pass over managed alerts and heartbeats (:meth:`run_once`).
 
     Reads only what is due (``keepalive_at <= now``, heartbeats past their deadline),
     locked ``SKIP LOCKED`` so concurrent passes on many workers share the work and never
     do one item twice. Cost per pass is bounded by what is due, not by history.
     """
-
-    def __init__(
-        self,
-        settings: Settings,
-        session_factory: async_sessionmaker[AsyncSession],
-        *,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.settings = settings
-        self.session_factory = session_factory
-        self.clock = clock
 
     async def run_once(self) -> KeepaliveResult:
         result = KeepaliveResult()
