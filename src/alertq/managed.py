@@ -53,7 +53,13 @@ from alertq.db import create_engine, create_session_factory, transaction
 from alertq.driver import get_queue_driver
 from alertq.driver.managed import ManagedDriver, ManagedDue
 from alertq.enqueue import enqueue_alert
-from alertq.models import HeartbeatState, ManagedAlertModel, ManagedState, utcnow
+from alertq.models import (
+    HeartbeatModel,
+    HeartbeatState,
+    ManagedAlertModel,
+    ManagedState,
+    utcnow,
+)
 
 __all__ = [
     "HEARTBEAT_ALERTNAME",
@@ -263,6 +269,17 @@ class HeartbeatView:
     last_ping_at: datetime
     deadline: datetime
 
+    @classmethod
+    def from_row(cls, row: HeartbeatModel) -> HeartbeatView:
+        return cls(
+            name=row.name,
+            window_seconds=row.window_seconds,
+            labels=dict(row.labels),
+            state=row.state,
+            last_ping_at=row.last_ping_at,
+            deadline=row.deadline,
+        )
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -392,15 +409,7 @@ class ManagedAlerts(_Service):
         limit = max(1, min(limit, 10_000))
         async with transaction(self.session_factory) as s:
             return [
-                HeartbeatView(
-                    name=r.name,
-                    window_seconds=r.window_seconds,
-                    labels=dict(r.labels),
-                    state=r.state,
-                    last_ping_at=r.last_ping_at,
-                    deadline=r.deadline,
-                )
-                for r in await ManagedDriver(s).heartbeats_list(limit)
+                HeartbeatView.from_row(r) for r in await ManagedDriver(s).heartbeats_list(limit)
             ]
 
 
