@@ -166,6 +166,12 @@ async def pg_fill(
         await conn.close()
 
 
+async def pg_load(url: str, rows: int) -> None:
+    """A freshly loaded queue table: emptied, then ``rows`` due rows, ``VACUUM ANALYZE``d."""
+    await reset_queue(url)
+    await pg_fill(url, pending=rows)
+
+
 async def sqlite_fill(url: str, *, pending: int) -> float:
     """Insert ``pending`` due rows (same shape as :func:`pg_fill`) in one transaction;
     returns the commit time (``time.time()``)."""

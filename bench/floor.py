@@ -46,7 +46,7 @@ from _common import (
     median,
     out_dir,
     pg_database,
-    pg_fill,
+    pg_load,
     spawn_worker,
     stop_workers,
     wait_workers_ready,
@@ -243,7 +243,7 @@ def main() -> None:
 
     with Stub() as stub, pg_database() as url:
         dsn = asyncpg_dsn(url)
-        asyncio.run(pg_fill(url, pending=args.rows))
+        asyncio.run(pg_load(url, args.rows))
         for run in range(args.runs):
             order = variants[run % len(variants) :] + variants[: run % len(variants)]
             for c in consumers:

@@ -54,7 +54,7 @@ from _common import (
     median,
     out_dir,
     pg_database,
-    pg_fill,
+    pg_load,
     spawn_worker,
     wait_all,
 )
@@ -174,8 +174,7 @@ def alertq_run(
     url: str, stub: Stub, rows: int, log: Any, env: dict[str, str] | None = None
 ) -> dict[str, float]:
     dsn = asyncpg_dsn(url)
-    asyncio.run(_truncate(dsn))
-    asyncio.run(pg_fill(url, pending=rows))
+    asyncio.run(pg_load(url, rows))
     stub.reset()
     start = time.perf_counter()
     wait_all([spawn_worker(url, stub.url, drain=True, log=log, **(env or {}))], 600)
@@ -186,18 +185,9 @@ def alertq_run(
     return {"steady": rows / asyncio.run(alertq_span(dsn)), "wall": rows / wall}
 
 
-async def _truncate(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("TRUNCATE costsim_alert_queue RESTART IDENTITY")
-    finally:
-        await conn.close()
-
-
 def floor_run(url: str, rows: int, consumers: int) -> dict[str, float]:
     dsn = asyncpg_dsn(url)
-    asyncio.run(_truncate(dsn))
-    asyncio.run(pg_fill(url, pending=rows))
+    asyncio.run(pg_load(url, rows))
     asyncio.run(reset(dsn))
     rate = rows / asyncio.run(floor(dsn, consumers, 256))
     if asyncio.run(sent_count(dsn)) != rows:

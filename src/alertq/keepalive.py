@@ -1,9 +1,10 @@
 """Keep-alive: re-send managed alerts (the breaker's among them) as Prometheus re-sends its own.
 
-A service in the manner of River's maintenance services: a policy (pure), one pass
+A service in the manner of River's maintenance services: one pass
 (:meth:`KeepaliveService.run_once`, which tests call directly) and a loop that runs a pass
-every :func:`keepalive_tick`. Keep-alives reuse rows, never insert them: a pass re-arms an
-incident's current row through the queue driver, and the row then goes through the same
+every :func:`keepalive_tick`. The pass and its pure policy are the managed alerts'
+(:class:`alertq.managed.ManagedKeepalive`, :func:`alertq.managed.keepalive_step`).
+Keep-alives reuse rows, never insert them: a re-armed row then goes through the same
 claim, per-fingerprint ordering and fencing as any row.
 """
 
@@ -13,85 +14,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq import metrics
-from alertq.alerts import (
-    BREAKER_FIRING_TYPE,
-    BREAKER_RESOLVING_TYPE,
-    KEEPALIVE_FACTOR,
-)
 from alertq.config import Settings
 from alertq.db import DatabaseOutage, is_database_error
 from alertq.managed import ManagedKeepalive, keepalive_tick
 from alertq.models import Clock, utcnow
 
 log = logging.getLogger("alertq.keepalive")
-
-FIRING_ALERT_TYPE = BREAKER_FIRING_TYPE
-RESOLVING_ALERT_TYPE = BREAKER_RESOLVING_TYPE
-# --------------------------------------------------------------------------- policy (pure)
-
-
-@dataclass(frozen=True, slots=True)
-class KeepaliveDecision:
-    """Whether to re-send an incident's alert row now, and with which ``endsAt``."""
-
-    rearm: bool
-    reason: str
-    ends_at: datetime | None = None
-    """A firing alert's fresh ``endsAt``; None keeps the payload as it is (resolving)."""
-
-
-def keepalive_decision(
-    *,
-    alert_type: str | None,
-    status: str,
-    sent_at: datetime | None,
-    last_attempt_at: datetime | None,
-    incident_resolved: bool,
-    incident_resolved_at: datetime | None,
-    now: datetime,
-    resend_interval: float,
-    resolved_retention: float,
-) -> KeepaliveDecision:
-    """Decide whether an incident's current alert row is re-sent, as Prometheus would.
-
-    * A firing row (``disable``) of an open incident: every ``resend_interval``, with
-      ``endsAt = now + 4 × resend_interval``, so Alertmanager never resolves it by itself
-      and a restarted Alertmanager learns it again within one interval.
-    * A resolving row (``enable``): likewise, while the resolution is younger than
-      ``resolved_retention``; then never again.
-    * A firing row of a resolved incident: never (it would re-open the alert).
-    * A row still pending or leased: left alone (it is on its way already).
-
-    The last send is ``sent_at`` for a sent row, the last attempt for a failed one.
-    """
-    if status == "sent":
-        last = sent_at
-    elif status == "failed":
-        last = last_attempt_at
-    else:
-        return KeepaliveDecision(False, f"row is {status}")
-    due_age = resend_interval - keepalive_tick(resend_interval)
-    if last is not None and (now - last).total_seconds() < due_age:
-        return KeepaliveDecision(False, "sent recently")
-    if alert_type == FIRING_ALERT_TYPE:
-        if incident_resolved:
-            return KeepaliveDecision(False, "incident resolved: its firing alert is final")
-        ends_at = now + timedelta(seconds=KEEPALIVE_FACTOR * resend_interval)
-        return KeepaliveDecision(True, "incident open", ends_at)
-    if alert_type == RESOLVING_ALERT_TYPE:
-        if not incident_resolved or incident_resolved_at is None:
-            return KeepaliveDecision(False, "incident not resolved")
-        if (now - incident_resolved_at).total_seconds() >= resolved_retention:
-            return KeepaliveDecision(False, "resolved longer ago than the retention")
-        return KeepaliveDecision(True, "recently resolved")
-    return KeepaliveDecision(False, f"not a breaker alert ({alert_type})")
-
 
 # --------------------------------------------------------------------------- service
 
@@ -158,8 +90,6 @@ class KeepaliveService:
 
 
 __all__ = [
-    "KeepaliveDecision",
     "KeepaliveService",
-    "keepalive_decision",
     "keepalive_tick",
 ]

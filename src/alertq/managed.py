@@ -53,7 +53,13 @@ from alertq.db import create_engine, create_session_factory, transaction
 from alertq.driver import get_queue_driver
 from alertq.driver.managed import ManagedDriver, ManagedDue
 from alertq.enqueue import enqueue_alert
-from alertq.models import HeartbeatState, ManagedAlertModel, ManagedState, utcnow
+from alertq.models import (
+    HeartbeatModel,
+    HeartbeatState,
+    ManagedAlertModel,
+    ManagedState,
+    utcnow,
+)
 
 __all__ = [
     "HEARTBEAT_ALERTNAME",
@@ -263,6 +269,17 @@ class HeartbeatView:
     last_ping_at: datetime
     deadline: datetime
 
+    @classmethod
+    def from_row(cls, row: HeartbeatModel) -> HeartbeatView:
+        return cls(
+            name=row.name,
+            window_seconds=row.window_seconds,
+            labels=dict(row.labels),
+            state=row.state,
+            last_ping_at=row.last_ping_at,
+            deadline=row.deadline,
+        )
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -277,13 +294,9 @@ class Outcome:
 # --------------------------------------------------------------------------- the service
 
 
-class ManagedAlerts:
-    """Fire, resolve and list managed alerts; ping and list heartbeats.
-
-    Each call runs in its own transaction, or in the caller's with ``session=`` (then
-    nothing is committed here: if the caller rolls back, nothing happened). Everything is
-    validated before any statement runs. ``clock`` is injectable for tests.
-    """
+class _Service:
+    """What the managed-alerts service and the keep-alive pass share: settings, where
+    sessions come from, and the clock (injectable for tests)."""
 
     def __init__(
         self,
@@ -295,6 +308,15 @@ class ManagedAlerts:
         self.settings = settings
         self.session_factory = session_factory
         self.clock = clock
+
+
+class ManagedAlerts(_Service):
+    """Fire, resolve and list managed alerts; ping and list heartbeats.
+
+    Each call runs in its own transaction, or in the caller's with ``session=`` (then
+    nothing is committed here: if the caller rolls back, nothing happened). Everything is
+    validated before any statement runs. ``clock`` is injectable for tests.
+    """
 
     @asynccontextmanager
     async def _transaction(self, session: AsyncSession | None) -> AsyncIterator[AsyncSession]:
@@ -387,15 +409,7 @@ class ManagedAlerts:
         limit = max(1, min(limit, 10_000))
         async with transaction(self.session_factory) as s:
             return [
-                HeartbeatView(
-                    name=r.name,
-                    window_seconds=r.window_seconds,
-                    labels=dict(r.labels),
-                    state=r.state,
-                    last_ping_at=r.last_ping_at,
-                    deadline=r.deadline,
-                )
-                for r in await ManagedDriver(s).heartbeats_list(limit)
+                HeartbeatView.from_row(r) for r in await ManagedDriver(s).heartbeats_list(limit)
             ]
 
 
@@ -648,24 +662,13 @@ class KeepaliveResult:
         return self.rearmed + self.enqueued + self.expired + self.heartbeats_missing
 
 
-class ManagedKeepalive:
+class ManagedKeepalive(_Service):
     """One keep-alive pass over managed alerts and heartbeats (:meth:`run_once`).
 
     Reads only what is due (``keepalive_at <= now``, heartbeats past their deadline),
     locked ``SKIP LOCKED`` so concurrent passes on many workers share the work and never
     do one item twice. Cost per pass is bounded by what is due, not by history.
     """
-
-    def __init__(
-        self,
-        settings: Settings,
-        session_factory: async_sessionmaker[AsyncSession],
-        *,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.settings = settings
-        self.session_factory = session_factory
-        self.clock = clock
 
     async def run_once(self) -> KeepaliveResult:
         result = KeepaliveResult()

@@ -35,6 +35,7 @@ from alertq.config import Settings
 from alertq.db import transaction
 from alertq.driver.intake import IntakeDriver, IntakeRow
 from alertq.intake import parse_alerts_body
+from alertq.logs import escape_control
 from alertq.opsview import OpsContext, describe_db_error
 
 __all__ = ["RELAY_ALERT_TYPE", "intake_auth_enabled", "router"]
@@ -83,11 +84,13 @@ def _error(status: int, code: int, message: str) -> JSONResponse:
 
 def _source(request: Request) -> tuple[str | None, str | None]:
     addr = request.client.host if request.client is not None else None
-    agent = request.headers.get("user-agent")
-    if agent is not None:
-        agent = agent[:MAX_AGENT_CHARS].encode("utf-8", "replace").decode("utf-8")
-        agent = agent.replace("\x00", "")
-    return addr, agent
+    # ASGI headers are bytes (Starlette's str view is Latin-1): decode as UTF-8, escape
+    # what could forge a line or hide text, then cap.
+    raw = next((v for k, v in request.headers.raw if k == b"user-agent"), None)
+    if raw is None:
+        return addr, None
+    agent = raw[: 4 * MAX_AGENT_CHARS].decode("utf-8", "replace")
+    return addr, escape_control(agent)[:MAX_AGENT_CHARS]
 
 
 @router.post(

@@ -224,17 +224,30 @@ def print_banner(
             "alertq running: status page %s/, delivering to %s",
             url,
             ", ".join(targets),
-            extra={"status_page": f"{url}/", "alertmanagers": targets, "database": database},
+            extra={
+                "status_page": f"{url}/",
+                "relay": f"{url}/api/v2/alerts",
+                "alertmanagers": targets,
+                "database": database,
+            },
         )
         return
     from rich.console import Console
 
     api = "token required" if settings.mutations_enabled else "mutations off: set ALERTQ_API_TOKEN"
+    if settings.intake_bearer_token is not None:
+        intake = "bearer token required"
+    elif settings.intake_username is not None:
+        intake = "basic auth required"
+    else:
+        intake = "no auth: set ALERTQ_INTAKE_USERNAME/_PASSWORD or _BEARER_TOKEN"
     lines = [
         "[bold green]alertq is running[/] [dim](Ctrl-C to stop)[/]",
         f"  status page    [bold cyan]{url}/[/]",
         f"  metrics        {url}/metrics",
         f"  ops API        {url}/docs  [dim]({api})[/]",
+        f"  relay intake   POST {url}/api/v2/alerts  [dim]({intake})[/]",
+        f"  relay health   {url}/api/v2/status  {url}/-/healthy  {url}/-/ready",
         f"  database       {database}",
     ]
     for i, target in enumerate(targets):

@@ -36,7 +36,7 @@ from alertq.driver import (
     get_breaker_driver,
     get_queue_driver,
 )
-from alertq.models import CostSimAlertQueueModel, CostSimCBIncidentModel, CostSimCBStateModel
+from alertq.models import CostSimAlertQueueModel, CostSimCBStateModel
 from tests.conftest import TABLES
 
 Q = CostSimAlertQueueModel
@@ -514,52 +514,6 @@ async def test_incident_alert_sent_is_set_once_and_the_last_response_kept(tx: As
     assert inc.alert_response == "am: HTTP 503"
 
 
-async def incident_row(
-    session: AsyncSession, incident_id: str, alert_type: str, fingerprint: str, sent: datetime
-) -> int:
-    queue = get_queue_driver(session)
-    row = await queue.alerts_insert(
-        alert(incident_id), alert_type, "cb", incident_id, fingerprint=fingerprint, now=sent
-    )
-    await claim(session, sent, 256, token=row.id + 100)
-    assert await queue.alerts_mark_sent([row.id], row.id + 100, sent, ["am"]) == [row.id]
-    return row.id
-
-
-async def test_keepalive_candidates_are_current_rows_of_open_or_recently_resolved_incidents(
-    tx: AsyncSession,
-) -> None:
-    breaker = get_breaker_driver(tx)
-    await new_incident(tx, "open")
-    await new_incident(tx, "fresh")
-    await new_incident(tx, "resolved", resolved=True, resolved_at=T0 + timedelta(minutes=50))
-    await new_incident(tx, "long-ago", resolved=True, resolved_at=T0)
-    firing = await incident_row(tx, "open", "disable", "f-open", T0)
-    await incident_row(tx, "fresh", "disable", "f-fresh", T0 + timedelta(seconds=3570))
-    await incident_row(tx, "resolved", "disable", "f-res", T0)
-    resolving = await incident_row(tx, "resolved", "enable", "f-res", T0 + timedelta(minutes=1))
-    await incident_row(tx, "long-ago", "enable", "f-old", T0)
-    now = T0 + timedelta(hours=1)
-    found = await breaker.incidents_lock_keepalive_candidates(
-        now - timedelta(minutes=1),
-        now - timedelta(minutes=15),
-        10,
-        firing_type="disable",
-        resolving_type="enable",
-    )
-    assert [(c.id, c.incident_id, c.alert_type) for c in found] == [
-        (firing, "open", "disable"),
-        (resolving, "resolved", "enable"),
-    ]
-    c = found[1]
-    assert c.status == "sent" and c.sent_at == T0 + timedelta(minutes=1) and c.incident_resolved
-    assert c.incident_resolved_at == T0 + timedelta(minutes=50) and c.payload == alert("resolved")
-    limited = await breaker.incidents_lock_keepalive_candidates(
-        now, now - timedelta(minutes=15), 1, firing_type="disable", resolving_type="enable"
-    )
-    assert [x.id for x in limited] == [firing]
-
-
 # ============================================================================ seed driver
 
 
@@ -685,40 +639,6 @@ async def test_alerts_claim_skips_rows_another_open_transaction_holds(pg_committ
         async with transaction(factory) as s:
             again = await claim(s, now, 10, token=3)
         assert [c.id for c in again] == ids[:6]  # s1 rolled back: its rows are due again
-    finally:
-        await engine.dispose()
-
-
-async def test_keepalive_candidates_skip_an_incident_another_transaction_locked(
-    pg_committed: str,
-) -> None:
-    engine = create_engine(Settings(database_url=pg_committed))
-    factory = create_session_factory(engine)
-    try:
-        async with transaction(factory) as s:
-            await new_incident(s, "busy")
-            await new_incident(s, "free")
-            await incident_row(s, "busy", "disable", "f-busy", T0)
-            free = await incident_row(s, "free", "disable", "f-free", T0)
-        now = T0 + timedelta(hours=1)
-        async with factory() as s1, factory() as s2:
-            await s1.begin()
-            await s2.begin()
-            assert await get_breaker_driver(s1).incidents_get("busy") is not None
-            await s1.execute(
-                select(CostSimCBIncidentModel)
-                .where(CostSimCBIncidentModel.id == "busy")
-                .with_for_update()
-            )
-            found = await asyncio.wait_for(
-                get_breaker_driver(s2).incidents_lock_keepalive_candidates(
-                    now, now, 10, firing_type="disable", resolving_type="enable"
-                ),
-                5,
-            )
-            assert [c.id for c in found] == [free]
-            await s2.rollback()
-            await s1.rollback()
     finally:
         await engine.dispose()
 

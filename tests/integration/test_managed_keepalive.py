@@ -14,21 +14,25 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import delete, event, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from alertq.breaker import CircuitBreaker
 from alertq.config import Settings
+from alertq.db import transaction
 from alertq.delivery import AlertmanagerClient
+from alertq.driver.managed import ManagedDriver
 from alertq.engine import AlertWorker
+from alertq.enqueue import enqueue_alert
 from alertq.managed import (
     HEARTBEAT_ALERTNAME,
     ManagedAlerts,
     ManagedKeepalive,
 )
-from alertq.models import CostSimAlertQueueModel, ManagedAlertModel
+from alertq.models import CostSimAlertQueueModel, CostSimCBIncidentModel, ManagedAlertModel
 from tests.support.clock import FakeClock
 from tests.support.stub import StubAlertmanager
-from tests.unit.test_managed_keepalive import T0
+from tests.unit.test_managed_keepalive import T0, sec
 
 Factory = async_sessionmaker[AsyncSession]
 
@@ -123,12 +127,19 @@ async def test_resolved_alert_is_resent_for_the_retention_then_never(
     await h.service.resolve(DISK)
     resolved_at = h.clock.now
     await h.deliver()
+    (firing, _) = await h.rows()
     rearms = [await h.tick(60) for _ in range(10)]  # 600 s, twice the 300 s retention
     assert rearms == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
     sent = stub.received_alerts()
     assert len(sent) == 2 + 4
     assert all(parse(a["endsAt"]) == resolved_at for a in sent[1:])
     assert [r.alert_type for r in await h.rows()] == ["managed_firing", "managed_resolving"]
+    after, _ = await h.rows()  # the firing row of a resolved alert is final: never re-sent
+    assert (after.status, after.sent_at, after.payload) == (
+        "sent",
+        firing.sent_at,
+        firing.payload,
+    )
     async with h.factory() as s:
         m = (await s.scalars(select(ManagedAlertModel))).one()
         assert m.keepalive_at is None  # never looked at again
@@ -206,6 +217,93 @@ async def test_firing_alerts_keep_at_most_two_rows_over_a_simulated_day(
     assert len(steady) == 25  # first send, then one per pass: never skipped
 
 
+async def test_a_fired_again_alert_never_resends_the_last_episodes_resolving_row(
+    h: Harness, stub: StubAlertmanager
+) -> None:
+    await h.service.fire(DISK)
+    await h.deliver()
+    await h.service.resolve(DISK)
+    await h.deliver()
+    h.clock.advance(10)
+    await h.service.fire(DISK)
+    await h.deliver()
+    assert await h.tick(60) == 1
+    assert [r.alert_type for r in await h.rows()] == ["managed_firing"]
+    last = stub.received_alerts()[-1]
+    assert parse(last["endsAt"]) == h.clock.now + timedelta(seconds=240)  # firing, not resolved
+
+
+async def test_keepalive_leaves_rows_that_are_not_managed_alone(
+    h: Harness, stub: StubAlertmanager
+) -> None:
+    async with transaction(h.factory) as s:
+        await enqueue_alert(s, [{"labels": {"alertname": "Plain"}}], "canary_fail", now=T0)
+    assert await h.deliver() == 1
+    assert await h.tick(60) == 0 and await h.tick(600) == 0
+    (row,) = await h.rows()
+    assert row.status == "sent" and len(stub.received_alerts()) == 1
+
+
+async def test_lock_due_returns_due_alerts_oldest_first_with_their_current_row(
+    h: Harness,
+) -> None:
+    """What the pass reads: only alerts whose look has come, each with the state of its
+    current row (the firing row while firing, the resolving row once resolved)."""
+    gone = {"alertname": "Gone"}
+    await h.service.fire(gone)
+    await h.service.resolve(gone)
+    await h.deliver()
+    h.clock.advance(400)
+    await h.keepalive.run_once()  # past the 300 s retention: never looked at again
+    t1 = h.clock.now
+    opened = {"alertname": "Open"}
+    closed = {"alertname": "Closed"}
+    fresh = {"alertname": "Fresh"}
+    await h.service.fire(opened)
+    await h.service.fire(closed)
+    await h.deliver()
+    h.clock.advance(10)
+    await h.service.resolve(closed)
+    await h.deliver()
+    h.clock.advance(40)
+    await h.service.fire(fresh)
+    await h.deliver()
+    now = t1 + timedelta(seconds=70)
+    async with h.factory() as s:
+        due = await ManagedDriver(s).managed_lock_due(now, 10)
+        assert [d.alert.labels for d in due] == [opened, closed]
+        o, c = due
+        assert (o.row_status, o.row_sent_at, o.alert.state) == ("sent", t1, "firing")
+        assert (c.row_status, c.row_sent_at, c.alert.state) == ("sent", t1 + sec(10), "resolved")
+        assert c.row_last_attempt_at == t1 + sec(10)
+        assert c.alert.resolved_at == t1 + sec(10)
+        limited = await ManagedDriver(s).managed_lock_due(now, 1)
+        assert [d.alert.labels for d in limited] == [opened]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_incidents_lock_skips_an_incident_another_transaction_holds(
+    db_url: str, session_factory: Factory, stub: StubAlertmanager
+) -> None:
+    settings = settings_for(db_url, stub)
+    breaker = CircuitBreaker(settings, session_factory, clock=FakeClock(T0))
+    busy = (await breaker.disable("busy", "r", "ops")).incident_id
+    free = (await breaker.disable("free", "r", "ops")).incident_id
+    assert busy is not None and free is not None
+    async with session_factory() as s1, session_factory() as s2:
+        await s1.begin()
+        await s2.begin()
+        held = select(CostSimCBIncidentModel).where(CostSimCBIncidentModel.id == busy)
+        await s1.execute(held.with_for_update())  # as a reset in progress would
+        locked = await asyncio.wait_for(ManagedDriver(s2).managed_incidents_lock([busy, free]), 5)
+        assert locked == {free}
+        await s2.rollback()
+        await s1.rollback()
+
+
+# --------------------------------------------------------------------------- heartbeats
+
+
 async def missing_rows(h: Harness) -> list[Q]:
     return [r for r in await h.rows() if r.payload[0]["labels"]["alertname"] == HEARTBEAT_ALERTNAME]
 
@@ -256,3 +354,29 @@ async def test_concurrent_passes_fire_a_missed_heartbeat_exactly_once(
         rows = list((await s.scalars(select(Q))).all())
     names = sorted(r.payload[0]["labels"]["heartbeat"] for r in rows)
     assert names == sorted(f"job{i}" for i in range(20))  # one row each: fired once
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_rearm_on_sqlite_looks_rows_up_by_id_even_without_statistics(
+    engine: AsyncEngine, session_factory: Factory
+) -> None:
+    """A fresh database has no ANALYZE statistics: the re-arm must still be driven by the
+    (id, payload) pairs, not walk every sent row with json_each inside (9x the CPU)."""
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, params: Any, _ctx: Any, _many: bool) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            captured.append((statement, params))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with session_factory() as s:
+            assert await ManagedDriver(s).managed_rows_rearm([(1, [])], T0) == []
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    ((statement, params),) = captured
+    async with engine.connect() as conn:
+        result = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
+        plan = [str(r[-1]) for r in result]
+    assert plan[0].startswith("SCAN v"), plan
+    assert "SEARCH costsim_alert_queue USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan

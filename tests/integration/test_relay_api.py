@@ -95,6 +95,29 @@ async def test_each_alert_is_its_own_durable_row_with_its_source(db_url: str) ->
         assert r.woken == 1  # the in-process worker is woken once per body
 
 
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("grafana/ü-测试".encode(), "grafana/ü-测试"),
+        (b"bad \xff\xfe bytes", "bad \ufffd\ufffd bytes"),
+        ("esc\x1b[31m rtl\u202e".encode(), "esc\\x1b[31m rtl\\u202e"),
+        ("测".encode() * 1000, "测" * 200),
+    ],
+)
+async def test_the_user_agent_is_decoded_as_utf8_escaped_and_capped(
+    db_url: str, sent: bytes, stored: str
+) -> None:
+    async with relay(relay_settings(db_url)) as r:
+        response = await r.client.post(
+            "/api/v2/alerts",
+            json=[alert("A")],
+            headers=[(b"Content-Type", b"application/json"), (b"User-Agent", sent)],
+        )
+        assert response.status_code == 200
+        (row,) = await r.rows()
+        assert row.source_agent == stored
+
+
 async def test_a_newer_alert_supersedes_the_pending_row_of_its_label_set(db_url: str) -> None:
     async with relay(relay_settings(db_url)) as r:
         assert (await r.post([alert("A"), alert("Other")])).status_code == 200

@@ -50,12 +50,24 @@ def sec(n: float) -> timedelta:
     [
         ("firing, sent an interval ago", {}, ("rearm", NOW + sec(55), NOW + sec(240))),
         ("firing, sent 30 s ago", {"sent_at": T0 + sec(30)}, ("wait", T0 + sec(85), None)),
+        (
+            "firing, sent one tick less than an interval ago",
+            {"sent_at": T0 + sec(5)},
+            ("rearm", NOW + sec(55), NOW + sec(240)),
+        ),
+        ("not quite", {"sent_at": T0 + sec(6)}, ("wait", NOW + sec(1), None)),
         ("firing, pending", {"row_status": "pending"}, ("wait", NOW + sec(5), None)),
         (
             "failed an interval ago",
             {"row_status": "failed", "sent_at": None},
             ("rearm", NOW + sec(55), NOW + sec(240)),
         ),
+        (
+            "failed just now",
+            {"row_status": "failed", "sent_at": None, "last_attempt_at": NOW},
+            ("wait", NOW + sec(55), None),
+        ),
+        ("superseded by a newer row", {"row_status": "superseded"}, ("wait", NOW + sec(55), None)),
         ("row purged", {"row_status": None}, ("enqueue", NOW + sec(55), NOW + sec(240))),
         (
             "expiry soon caps endsAt and the next look",

@@ -45,3 +45,25 @@ def test_the_banner_shows_urls_but_not_the_database_password() -> None:
     assert "http://127.0.0.1:8787/" in text and "https://am-2:9093" in text
     assert "db-pa55-Vq3" not in text and "postgresql+asyncpg://alertq:***@db.example" in text
     assert "mutations off: set ALERTQ_API_TOKEN" in text
+
+
+@pytest.mark.parametrize(
+    ("auth", "says"),
+    [
+        ({}, "no auth"),
+        ({"intake_username": "prom", "intake_password": "pw"}, "basic auth required"),
+        ({"intake_bearer_token": "tok"}, "bearer token required"),
+    ],
+)
+def test_the_banner_lists_the_relay_endpoints_and_their_auth(
+    auth: dict[str, str], says: str
+) -> None:
+    settings = Settings(database_url="sqlite+aiosqlite:///x.db", **auth)
+    out = io.StringIO()
+    print_banner(settings, "http://127.0.0.1:8787", ["http://am:9093"], out)
+    lines = out.getvalue().splitlines()
+    (intake,) = [line for line in lines if "/api/v2/alerts" in line]
+    assert "POST http://127.0.0.1:8787/api/v2/alerts" in intake and says in intake
+    (health,) = [line for line in lines if "/api/v2/status" in line]
+    for path in ("/api/v2/status", "/-/healthy", "/-/ready"):
+        assert f"http://127.0.0.1:8787{path}" in health

@@ -14,7 +14,7 @@ owns the transaction (``alertq.db.transaction``). Method names put the table fir
 the verb.
 """
 
-from alertq.driver.breaker import BreakerDriver, KeepaliveCandidate, get_breaker_driver
+from alertq.driver.breaker import BreakerDriver, get_breaker_driver
 from alertq.driver.managed import ManagedDriver, ManagedDue, get_managed_driver
 from alertq.driver.queue import (
     PURGE_BATCH,
@@ -33,7 +33,6 @@ __all__ = [
     "AlertDriver",
     "BreakerDriver",
     "ClaimedAlert",
-    "KeepaliveCandidate",
     "ManagedDriver",
     "ManagedDue",
     "Outcome",

@@ -1,41 +1,22 @@
 """The breaker driver: circuit breaker states and their incidents (``states_*``,
 ``incidents_*``).
 
-Like the queue driver: the session is the caller's, nothing is committed here. The one
-statement that reads the queue table, :meth:`BreakerDriver.incidents_lock_keepalive_candidates`,
-is here because what it locks is incidents; re-arming the rows it finds is the queue
-driver's (:meth:`alertq.driver.queue.QueueDriver.alerts_rearm`).
+Like the queue driver: the session is the caller's, nothing is committed here. Keep-alive
+of a breaker's alerts is the managed alerts' (:mod:`alertq.driver.managed`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
-from alertq.driver.sql import FAILED, SENT, Q, State, aware, dialect_for, rowcount
+from alertq.driver.sql import State, dialect_for, rowcount
 from alertq.models import CostSimCBIncidentModel
 
 Incident = CostSimCBIncidentModel
-
-
-@dataclass(frozen=True, slots=True)
-class KeepaliveCandidate:
-    """A sent or failed breaker alert row, with its incident locked, that may be re-sent."""
-
-    id: int
-    alert_type: str
-    status: str
-    payload: list[dict[str, Any]]
-    sent_at: datetime | None
-    last_attempt_at: datetime | None
-    incident_id: str
-    incident_resolved: bool
-    incident_resolved_at: datetime | None
 
 
 class BreakerDriver:
@@ -197,81 +178,6 @@ class BreakerDriver:
             .execution_options(synchronize_session=False)
         )
         return rowcount(await self.session.execute(stmt)) > 0
-
-    async def incidents_lock_keepalive_candidates(
-        self,
-        sent_before: datetime,
-        resolved_after: datetime,
-        limit: int,
-        *,
-        firing_type: str,
-        resolving_type: str,
-    ) -> list[KeepaliveCandidate]:
-        """Breaker alert rows that may be due for a re-send, their incidents locked.
-
-        A candidate is the *current* row of an incident (no newer row has its fingerprint),
-        ``sent`` before ``sent_before`` or ``failed`` with its last attempt before it; a
-        firing row (``firing_type``) of an open incident, or a resolving row of an incident
-        resolved after ``resolved_after``. On PostgreSQL the incident rows are locked
-        ``FOR UPDATE SKIP LOCKED``: an incident being resolved right now is skipped, and
-        one locked here makes its resolution wait until this transaction ends. The values
-        returned are those of the locked rows.
-        """
-        newer = aliased(Q)
-        stmt = (
-            select(
-                Q.id,
-                Q.alert_type,
-                Q.status,
-                Q.payload,
-                Q.sent_at,
-                Q.last_attempt_at,
-                Incident.id,
-                Incident.resolved,
-                Incident.resolved_at,
-            )
-            .select_from(Incident)
-            .join(Q, Q.incident_id == Incident.id)
-            .where(
-                or_(
-                    Incident.resolved.is_(False),
-                    Incident.resolved_at > resolved_after,
-                ),
-                or_(
-                    and_(
-                        Q.alert_type == firing_type,
-                        Incident.resolved.is_(False),
-                    ),
-                    and_(
-                        Q.alert_type == resolving_type,
-                        Incident.resolved.is_(True),
-                    ),
-                ),
-                or_(
-                    and_(Q.status == SENT, Q.sent_at <= sent_before),
-                    and_(Q.status == FAILED, Q.last_attempt_at <= sent_before),
-                ),
-                Q.fingerprint.is_not(None),
-                ~exists().where(newer.fingerprint == Q.fingerprint, newer.id > Q.id),
-            )
-            .order_by(Q.id)
-            .limit(limit)
-            .with_for_update(of=Incident, skip_locked=True)
-        )
-        return [
-            KeepaliveCandidate(
-                id=r[0],
-                alert_type=r[1],
-                status=r[2],
-                payload=r[3],
-                sent_at=aware(r[4]),
-                last_attempt_at=aware(r[5]),
-                incident_id=r[6],
-                incident_resolved=bool(r[7]),
-                incident_resolved_at=aware(r[8]),
-            )
-            for r in (await self.session.execute(stmt)).all()
-        ]
 
 
 def get_breaker_driver(session: AsyncSession) -> BreakerDriver:

@@ -15,17 +15,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CursorResult,
     Table,
+    Text,
     bindparam,
     case,
+    cast,
+    column,
     delete,
     exists,
     func,
+    literal_column,
     select,
-    text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,36 +56,69 @@ PENDING = AlertStatus.PENDING.value
 SENT = AlertStatus.SENT.value
 FAILED = AlertStatus.FAILED.value
 
-# Re-arm a sent or failed row: its new payload, due now, counted as enqueued anew. Not
-# while a newer pending row has its labels (someone else's newer state must not be
-# overtaken); the partial pending-fingerprint index serves that probe.
-_REARM_VALUES = {
-    "status": PENDING,
-    "attempts": 0,
-    "last_error": None,
-    "leased_until": None,
-    "leased_by": None,
-}
-_REARM_PG = text(
-    """
-    UPDATE costsim_alert_queue AS q
-       SET payload = v.payload::jsonb, status = 'pending', attempts = 0,
-           next_attempt_at = :now, created_at = :now, last_error = NULL,
-           delivered_to = '[]'::jsonb, leased_until = NULL, leased_by = NULL
-      FROM unnest(CAST(:ids AS bigint[]), CAST(:payloads AS text[])) AS v(id, payload)
-     WHERE q.id = v.id AND q.status IN ('sent', 'failed')
-       AND NOT EXISTS (SELECT 1 FROM costsim_alert_queue n
-                        WHERE n.fingerprint = q.fingerprint AND n.id > q.id
-                          AND n.status = 'pending')
-    RETURNING q.id
-    """
-)
-
 
 def _aware(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+def _rearm(row_id: Any, payload: Any) -> Any:
+    """Re-arm sent or failed rows: each gets its new payload, due ``:now``, counted as
+    enqueued anew. Not while a newer pending row has its labels (someone else's newer state
+    must not be overtaken); the partial pending-fingerprint index serves that probe.
+
+    One statement for a whole batch on both backends; only where the (id, payload) pairs
+    come from differs: ``row_id`` and ``payload`` are columns of a table-valued function.
+    """
+    newer = aliased(Q)
+    now = bindparam("now", type_=UTCDateTime())
+    return (
+        update(Q)
+        .where(
+            Q.id == row_id,
+            # Literals, not parameters: a generic plan must still see the partial index.
+            # coalesce (status is never NULL) keeps a status index from driving the update:
+            # with the seed's (dropped in 0005) and no statistics, SQLite walked every sent
+            # row and json_each for each (9x the CPU).
+            func.coalesce(Q.status, literal_column("''")).in_(
+                [literal_column(f"'{SENT}'"), literal_column(f"'{FAILED}'")]
+            ),
+            ~exists().where(
+                newer.fingerprint == Q.fingerprint,
+                newer.id > Q.id,
+                newer.status == literal_column(f"'{PENDING}'"),
+            ),
+        )
+        .values(
+            payload=payload,
+            status=PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            last_error=None,
+            delivered_to=[],
+            leased_until=None,
+            leased_by=None,
+        )
+        .returning(Q.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# PostgreSQL: the pairs as two arrays, unnested side by side.
+_PG_ROWS = (
+    func.unnest(bindparam("ids", type_=ARRAY(BigInteger)), bindparam("payloads", type_=ARRAY(Text)))
+    .table_valued(column("id", BigInteger), column("payload", Text))
+    .render_derived(name="v")
+)
+_REARM_PG = _rearm(_PG_ROWS.c.id, cast(_PG_ROWS.c.payload, JSONB))
+# SQLite: the pairs as one JSON array of [id, payload], walked by json_each.
+_SQLITE_ROWS = func.json_each(bindparam("rows", type_=Text)).table_valued("value").alias("v")
+_REARM_SQLITE = _rearm(
+    func.json_extract(_SQLITE_ROWS.c.value, "$[0]"),
+    func.json_extract(_SQLITE_ROWS.c.value, "$[1]"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +267,13 @@ class ManagedDriver:
         self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
     ) -> list[int]:
         """Make each (row id, payload) pending again, due ``now``, if it is sent or failed
-        and no newer pending row has its labels. One statement on PostgreSQL (arrays and
-        ``unnest``); one per row on SQLite (in-process, inside the write lock). Returns
-        the ids re-armed."""
+        and no newer pending row has its labels: one statement (:func:`_rearm`) for the
+        batch. Returns the ids re-armed."""
         if not rows:
             return []
-        return await self._steps.rows_rearm(self.session, rows, now)
+        params = self._steps.rearm_params(rows, now)
+        result = await self.session.execute(self._steps.rearm, params)
+        return [int(i) for i in result.scalars().all()]
 
     async def managed_rows_update_pending(self, row_id: int, payload: list[dict[str, Any]]) -> bool:
         """Replace the payload of a row still waiting (pending and not leased)."""
@@ -323,71 +362,33 @@ class ManagedDriver:
 class _PostgresSteps:
     """The statements whose SQL differs on PostgreSQL (chosen once per driver)."""
 
+    rearm = _REARM_PG
+
     def insert(self, model: Any) -> Any:
         return pg_insert(model)
 
-    async def rows_rearm(
-        self,
-        session: AsyncSession,
-        rows: Sequence[tuple[int, list[dict[str, Any]]]],
-        now: datetime,
-    ) -> list[int]:
-        # One statement for the whole batch: arrays and unnest.
-        params = {
+    def rearm_params(
+        self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
+    ) -> dict[str, Any]:
+        return {
             "ids": [i for i, _ in rows],
             "payloads": [json.dumps(p, separators=(",", ":")) for _, p in rows],
             "now": now,
         }
-        return [int(i) for i in (await session.execute(_REARM_PG, params)).scalars().all()]
-
-
-_NEWER = aliased(Q)
-# SQLite: which of the given rows may be re-armed (one statement), then the re-arm itself as
-# one executemany. Both are built once; the write lock (BEGIN IMMEDIATE) keeps the rows as
-# read between the two.
-_SQLITE_REARMABLE = select(Q.id).where(
-    Q.id.in_(bindparam("ids", expanding=True)),
-    Q.status.in_([SENT, FAILED]),
-    ~exists().where(
-        _NEWER.fingerprint == Q.fingerprint,
-        _NEWER.id > Q.id,
-        _NEWER.status == PENDING,
-    ),
-)
-_QT = Q.__table__
-assert isinstance(_QT, Table)
-_SQLITE_REARM = (
-    _QT.update()
-    .where(_QT.c.id == bindparam("r_id"))
-    .values(
-        payload=bindparam("r_payload"),
-        next_attempt_at=bindparam("r_now"),
-        created_at=bindparam("r_now"),
-        delivered_to=[],
-        **_REARM_VALUES,
-    )
-)
 
 
 class _SqliteSteps:
     """The statements whose SQL differs on SQLite (chosen once per driver)."""
 
+    rearm = _REARM_SQLITE
+
     def insert(self, model: Any) -> Any:
         return sqlite_insert(model)
 
-    async def rows_rearm(
-        self,
-        session: AsyncSession,
-        rows: Sequence[tuple[int, list[dict[str, Any]]]],
-        now: datetime,
-    ) -> list[int]:
-        ids = [i for i, _ in rows]
-        ok = set((await session.scalars(_SQLITE_REARMABLE, {"ids": ids})).all())
-        params = [{"r_id": i, "r_payload": p, "r_now": now} for i, p in rows if i in ok]
-        if params:
-            conn = await session.connection()
-            await conn.execute(_SQLITE_REARM, params)
-        return [i for i in ids if i in ok]
+    def rearm_params(
+        self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
+    ) -> dict[str, Any]:
+        return {"rows": json.dumps(list(rows), separators=(",", ":")), "now": now}
 
 
 def _seconds(value: float) -> timedelta:
