@@ -167,17 +167,6 @@ class CostSimAlertQueueModel(Base):
             postgresql_where=text("status = 'failed'"),
             sqlite_where=text("status = 'failed'"),
         ),
-        # Covers the relay's intake-by-source count; relayed rows only (migration 0006).
-        Index(
-            "ix_costsim_alert_queue_intake_source",
-            "alert_type",
-            "source_addr",
-            "source_agent",
-            "status",
-            "created_at",
-            postgresql_where=text("alert_type = 'relay'"),
-            sqlite_where=text("alert_type = 'relay'"),
-        ),
     )
 
 

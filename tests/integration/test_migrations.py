@@ -22,7 +22,7 @@ from alertq.driver import get_alert_driver
 from alertq.migrate import current, upgrade
 from alertq.models import Base
 
-HEAD = "0006_intake_source_index"
+HEAD = "0005_queue_write_indexes"
 """The newest revision: an upgraded database is stamped with it."""
 
 
@@ -119,12 +119,9 @@ def test_postgres_queue_keeps_only_the_indexes_its_queries_read(empty_pg_url: st
         "ix_costsim_alert_queue_pending_fingerprint",
         "ix_costsim_alert_queue_incident_id",
         "ix_costsim_alert_queue_failed",
-        "ix_costsim_alert_queue_intake_source",
     }
     assert "WHERE (incident_id IS NOT NULL)" in indexes["ix_costsim_alert_queue_incident_id"]
     assert "WHERE (status = 'failed'::text)" in indexes["ix_costsim_alert_queue_failed"]
-    # Read by the intake-by-source count; only relayed rows are written to it.
-    assert "WHERE (alert_type = 'relay'::text)" in indexes["ix_costsim_alert_queue_intake_source"]
 
 
 def test_legacy_sqlite_database_at_baseline_is_upgraded_in_place(tmp_path: Path) -> None:

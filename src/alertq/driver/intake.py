@@ -175,8 +175,7 @@ class IntakeDriver:
                 func.count().filter(Q.status == PENDING),
                 last,
             )
-            # A literal, so the partial index of relayed rows (migration 0006) can serve it.
-            .where(Q.alert_type == bindparam("alert_type", alert_type, literal_execute=True))
+            .where(Q.alert_type == alert_type)
             .group_by(Q.source_addr, Q.source_agent)
             .order_by(last.desc())
             .limit(limit)
