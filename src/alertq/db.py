@@ -179,7 +179,8 @@ def _begin_write(raw: sqlite3.Connection, timeout_ms: int) -> None:
                 raw.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # and BUSY_RECOVERY
+                if not busy or time.monotonic() >= deadline:
                     raise
             time.sleep(WRITE_LOCK_RETRY)
     finally:
@@ -196,9 +197,7 @@ def _begin(busy_timeout_ms: int) -> Callable[[Any], None]:
         try:
             # One hop to aiosqlite's thread for the whole wait (SQLAlchemy's adapter also
             # uses aiosqlite's queue directly, for isolation_level).
-            adapted.run_async(
-                lambda aio: aio._execute(_begin_write, aio._conn, busy_timeout_ms)
-            )
+            adapted.run_async(lambda aio: aio._execute(_begin_write, aio._conn, busy_timeout_ms))
         except sqlite3.Error as exc:
             raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, exc) from exc
 
