@@ -246,33 +246,3 @@ async def test_a_woken_idle_loop_leaves_new_rows_to_the_loop_in_a_cycle(
         await producer_engine.dispose()
     batches = [[a["labels"]["alertname"] for a in r or []] for r in stub.received]
     assert batches == [["First"], ["Second", "Third"]]
-
-
-@sqlite_only
-async def test_a_full_claim_brings_the_idle_loop_in(db_url: str, stub: StubAlertmanager) -> None:
-    # A backlog: the loop that claimed a full batch wakes the one that left the work to it,
-    # so both deliver at once (the poll and the data_version watch, 60 s, cannot wake it).
-    gate = threading.Event()
-    stub.script(lambda _alerts: (200, "") if gate.wait(DEADLINE) else (500, "gate"))
-    settings = Settings(
-        database_url=db_url,
-        alertmanager_urls=[stub.url],
-        poll_interval=POLL,
-        sqlite_wake_interval=POLL,
-        concurrency=2,
-        batch_size=2,
-    )
-    engine = create_engine(settings)
-    factory = create_session_factory(engine)
-    try:
-        async with idle_worker(settings, factory) as worker:
-            async with transaction(factory) as s:
-                for i in range(6):
-                    await enqueue_alert(s, alert(f"Backlog{i}"), "disable")
-            worker.wake()
-            await until(lambda: stub.requests == 2, "both loops have a POST in flight")
-            gate.set()
-            await until(lambda: len(stub.received_alerts()) == 6, "every alert was delivered")
-    finally:
-        gate.set()
-        await engine.dispose()

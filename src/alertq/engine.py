@@ -285,8 +285,6 @@ class AlertWorker:
                     carried = None
                     if batch.rows:
                         self._full = len(batch.rows) >= self.settings.batch_size
-                        if self._full and self._one_claimer:
-                            self._wake.set()  # a backlog: loops that left it to this one join
                         carried = await self._process(client, batch, claim_next)
                     else:
                         delay = await self._idle_delay(drain)
