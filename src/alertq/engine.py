@@ -96,6 +96,8 @@ class WorkerStats:
     keepalives: int = 0
     idle_waits: int = 0
     """How often a loop found nothing to do and went to wait (for a wake-up or a poll)."""
+    left_to_cycling_loop: int = 0
+    """How often an idle loop went back to wait, leaving new rows to a loop in a cycle."""
     last_error_by_target: dict[str, str] = field(default_factory=dict)
 
 
@@ -131,6 +133,14 @@ class AlertWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stats = WorkerStats()
         self._wake = asyncio.Event()
+        # SQLite has one writer: a woken idle loop leaves new rows to a loop already in a
+        # cycle, whose next claim takes them, instead of contending with it for the lock
+        # with a claim of its own (unless that loop's last claim was full: a backlog).
+        self._one_claimer = settings.is_sqlite and settings.concurrency > 1
+        self._cycling = 0
+        self._full = False
+        self._left = 0
+        """How often an idle loop left its turn to a cycling one; a claim notes the count."""
         self._lease = timedelta(seconds=settings.lease_seconds)
         self.record_hooks = tuple(record_hooks)
         self.outage = outage or DatabaseOutage(settings.database_url)
@@ -209,7 +219,7 @@ class AlertWorker:
         rows = await get_queue_driver(session).alerts_claim(
             now, self.settings.batch_size, now + self._lease, token, self.worker_id
         )
-        return _Batch(rows, token)
+        return _Batch(rows, token, self._left)
 
     def _claimed(self, batch: _Batch) -> None:
         """Counters of a committed claim."""
@@ -262,22 +272,36 @@ class AlertWorker:
 
         try:
             while not stop.is_set():
+                if carried is None and self._leave_to_cycling_loop():
+                    self._left += 1
+                    self.stats.left_to_cycling_loop += 1
+                    await self._sleep(stop, self.settings.poll_interval)
+                    continue
+                delay: float | None = None
+                backoff: float | None = None
+                self._cycling += 1
                 try:
                     batch = carried if carried is not None else await self._claim()
                     carried = None
                     if batch.rows:
+                        self._full = len(batch.rows) >= self.settings.batch_size
                         carried = await self._process(client, batch, claim_next)
-                        delay = None
                     else:
                         delay = await self._idle_delay(drain)
                 except Exception as exc:
                     carried = None  # rolled back with the record, or never claimed
-                    await self._sleep(stop, self._cycle_failed(exc, drain))
+                    backoff = self._cycle_failed(exc, drain)
+                finally:
+                    self._cycling -= 1
+                if backoff is not None:
+                    await self._sleep(stop, backoff)
                     continue
                 self.outage.recovered()
-                if batch.rows:
+                # A commit that this loop's claim may not have seen was left to it: look again.
+                if batch.rows or self._left_to_this_loop(batch):
                     continue
                 if delay is None:
+                    self._wake.set()  # a loop that left its work to this one: drained too
                     return
                 self.stats.idle_waits += 1
                 await self._sleep(stop, delay)
@@ -285,6 +309,15 @@ class AlertWorker:
             if carried is not None and carried.rows:
                 await self._release(carried)
             await client.aclose()
+
+    def _leave_to_cycling_loop(self) -> bool:
+        """Whether this idle loop leaves new rows to another loop's next claim (SQLite)."""
+        return self._one_claimer and self._cycling > 0 and not self._full
+
+    def _left_to_this_loop(self, batch: _Batch) -> bool:
+        """Whether an idle loop left its turn to this one after ``batch``'s (empty) claim
+        began: the commit that woke it may be one that claim did not see."""
+        return self._one_claimer and self._left != batch.left
 
     async def _idle_delay(self, drain: bool) -> float | None:
         """How long to wait for work; None when draining and nothing is due or leased."""
@@ -544,6 +577,8 @@ class _Batch:
 
     rows: list[ClaimedAlert]
     token: int
+    left: int = 0
+    """:attr:`AlertWorker._left` when the claim's transaction began."""
 
 
 def _never() -> bool:

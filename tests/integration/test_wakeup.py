@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import statistics
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -167,3 +170,81 @@ async def test_an_idle_workers_look_at_the_queue_does_not_wait_for_the_write_loc
         writer.execute("ROLLBACK")
         writer.close()
         await engine.dispose()
+
+
+@sqlite_only
+async def test_a_write_transaction_gets_the_lock_within_milliseconds_of_its_release(
+    db_url: str,
+) -> None:
+    # SQLite's busy handler tries again 1, 2, 5, ... 25, 50, 100 ms apart: after 450 ms
+    # behind another writer its next try came about 80 ms after the release, and a writer
+    # that waits behind a steady producer kept missing the gaps between its commits.
+    engine = create_engine(Settings(database_url=db_url))
+    factory = create_session_factory(engine)
+    holder = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
+
+    async def write() -> float:
+        async with transaction(factory) as s:
+            await s.execute(text("SELECT 1"))  # the session begins here
+            return time.monotonic()
+
+    lags = []
+    try:
+        await write()  # the pool's connection is open: the wait below is the lock's alone
+        for _ in range(3):
+            holder.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            waiter = asyncio.create_task(write())
+            await asyncio.sleep(0.45)  # how long the other writer holds the lock
+            released = time.monotonic()
+            holder.execute("COMMIT")
+            got = await asyncio.wait_for(waiter, DEADLINE)
+            assert got - started >= 0.45  # it did wait for the lock
+            lags.append(got - released)
+    finally:
+        holder.close()
+        await engine.dispose()
+    assert statistics.median(lags) < 0.03, lags
+
+
+@sqlite_only
+async def test_a_woken_idle_loop_leaves_new_rows_to_the_loop_in_a_cycle(
+    db_url: str, stub: StubAlertmanager
+) -> None:
+    # SQLite has one writer: a second loop that claims each new row for itself only
+    # contends with the first for the lock, and both deliver batches of one or two. The
+    # loop whose POST is in flight takes the new rows with its record's claim instead.
+    gate = threading.Event()
+    stub.script(lambda _alerts: (200, "") if gate.wait(DEADLINE) else (500, "gate"))
+    settings = Settings(
+        database_url=db_url, alertmanager_urls=[stub.url], poll_interval=POLL, concurrency=2
+    )
+    worker_engine = create_engine(settings)
+    producer_engine = create_engine(Settings(database_url=db_url))
+    producer = create_session_factory(producer_engine)
+
+    async def enqueue(name: str) -> None:
+        async with transaction(producer) as s:
+            await enqueue_alert(s, alert(name), "disable")
+
+    try:
+        async with idle_worker(settings, create_session_factory(worker_engine)) as worker:
+            await enqueue("First")
+            await until(lambda: stub.requests == 1, "the first POST is in flight")
+            await enqueue("Second")
+            await enqueue("Third")
+            left = worker.stats.left_to_cycling_loop
+            worker.wake()  # as the data_version watch does for these commits
+            await until(
+                lambda: stub.requests > 1 or worker.stats.left_to_cycling_loop > left,
+                "the idle loop claimed or went back to waiting",
+            )
+            assert stub.requests == 1  # the other loop did not claim Second for itself
+            gate.set()
+            await until(lambda: len(stub.received_alerts()) == 3, "every alert was delivered")
+    finally:
+        gate.set()
+        await worker_engine.dispose()
+        await producer_engine.dispose()
+    batches = [[a["labels"]["alertname"] for a in r or []] for r in stub.received]
+    assert batches == [["First"], ["Second", "Third"]]
