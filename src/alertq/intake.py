@@ -53,7 +53,7 @@ from alertq.alerts import (
     MAX_PAYLOAD_BYTES,
     InvalidAlertPayload,
     check_generator_url,
-    label_fingerprint,
+    label_fingerprints,
     validate_payload,
 )
 
@@ -629,7 +629,7 @@ def _parse_common(
         alerts.append(alert)
     if raw.count(b":") != colons:
         return None
-    fingerprints = [label_fingerprint(a["labels"]) for a in alerts]
+    fingerprints = label_fingerprints([a["labels"] for a in alerts])
     return IntakeResult(200, b"", alerts, fingerprints, [])
 
 
@@ -726,7 +726,7 @@ def parse_exact(
             errors.append(error or "invalid alert")
         else:
             alerts.append(alert)
-    fingerprints = [label_fingerprint(a["labels"]) for a in alerts]
+    fingerprints = label_fingerprints([a["labels"] for a in alerts])
     if errors:
         joined = json.dumps("; ".join(errors), ensure_ascii=False) + "\n"
         return IntakeResult(400, joined.encode(), alerts, fingerprints, errors)
