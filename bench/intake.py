@@ -336,6 +336,15 @@ def keep_analyzed(db_url: str, every: float = 2.0) -> Iterator[None]:
         thread.join(timeout=30)
 
 
+def cpu_seconds(processes: list[subprocess.Popen[bytes]]) -> float:
+    """User + system CPU of the processes so far, all threads (``/proc/PID/stat``)."""
+    ticks = 0
+    for process in processes:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pyinstrument(profile: Path | None) -> list[str]:
     """Arguments that run the child under pyinstrument, writing a text profile on exit."""
     if profile is None:
@@ -385,10 +394,14 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                     )
                     if system == "alertmanager":
                         ports = [am.port] * a.senders
+                        procs = [am.process]
                     else:
                         used = servers[: 2 if system == "alertq x2" else 1]
                         ports = [used[i % len(used)].port for i in range(a.senders)]
+                        procs = [x.process for x in used]
+                    cpu_before = cpu_seconds(procs)
                     elapsed, lat = asyncio.run(closed_loop(ports, work))
+                    cpu_sent = cpu_seconds(procs) - cpu_before
                     n = a.senders * a.batches * a.batch_size
                     result[system] = {
                         "alerts": n,
@@ -396,13 +409,20 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                         "alerts_per_s": n / elapsed,
                         "post_p50_ms": percentile(lat, 50) * 1000,
                         "post_p99_ms": percentile(lat, 99) * 1000,
+                        # The server's own CPU per body while the senders ran: a figure
+                        # the machine's other load hardly moves.
+                        "cpu_ms_per_body": cpu_sent * 1000 / (a.senders * a.batches),
                     }
                     if system != "alertmanager":
                         # Delivered before the next system's turn: no backlog steals its CPU.
                         result[system]["delivered_after_s"] = asyncio.run(wait_delivered(db_url))
+                        result[system]["cpu_ms_per_body_delivered"] = (
+                            (cpu_seconds(procs) - cpu_before) * 1000 / (a.senders * a.batches)
+                        )
                     print(
                         f"run {r + 1} {system}: {n / elapsed:,.0f} alerts/s "
-                        f"(POST p50 {result[system]['post_p50_ms']:.1f} ms)",
+                        f"(POST p50 {result[system]['post_p50_ms']:.1f} ms, "
+                        f"server CPU {result[system]['cpu_ms_per_body']:.1f} ms per body)",
                         flush=True,
                     )
                 for system in systems[:-1]:
@@ -431,6 +451,12 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                 f"{fmt(min(v))}–{fmt(max(v))}",
                 fmt(median(col(system, "post_p50_ms"))),
                 fmt(median(col(system, "post_p99_ms"))),
+                fmt(median(col(system, "cpu_ms_per_body")), 1),
+                (
+                    fmt(median(col(system, "cpu_ms_per_body_delivered")), 1)
+                    if system != "alertmanager"
+                    else ""
+                ),
                 target,
             ]
         )
@@ -443,6 +469,8 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                 f"{min(ratios):.2f}–{max(ratios):.2f}",
                 "",
                 "",
+                "",
+                "",
                 "≥ 0.5: " + ("met" if median(ratios) >= 0.5 else "MISSED"),
             ]
         )
@@ -450,7 +478,16 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
         f"Intake of {a.batch_size}-alert batches from {a.senders} concurrent senders, "
         f"{a.senders * a.batches * a.batch_size:,} alerts per system per run, "
         f"median of {a.runs} runs (order rotated each run; ratio taken within each run)",
-        ["system", "alerts/s", "min–max", "POST p50 ms", "POST p99 ms", "target"],
+        [
+            "system",
+            "alerts/s",
+            "min–max",
+            "POST p50 ms",
+            "POST p99 ms",
+            "server CPU ms per body",
+            "… until delivered",
+            "target",
+        ],
         rows,
     )
 
