@@ -5,7 +5,7 @@ differential tests hold to a real Alertmanager: for any body, the same answer.""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,15 +16,14 @@ from alertq.alerts import InvalidAlertPayload, check_generator_url
 from alertq.intake import (
     _SAFE_URL_RE,
     _go_request_uri,
-    _parse_common,
     check_storable,
     parse_alerts_body,
+    parse_common,
     parse_exact,
 )
 from tests.relay_corpus import CASES, DELIBERATE
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-RESOLVE = timedelta(minutes=5)
 PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -55,10 +54,10 @@ def test_every_corpus_body_gets_the_exact_paths_answer(name: str, body: bytes) -
 
 def test_prometheus_shaped_bodies_take_the_fast_path() -> None:
     body = prometheus_body(256)
-    assert _parse_common(body, NOW, RESOLVE, 10_000) is not None
+    assert parse_common(body, received_at=NOW) is not None
     # Go's encoder escapes & < > (\u0026 ...): still the fast path.
     escaped = body.replace(b"&", b"\\u0026")
-    assert _parse_common(escaped, NOW, RESOLVE, 10_000) == parse_alerts_body(body, received_at=NOW)
+    assert parse_common(escaped, received_at=NOW) == parse_alerts_body(body, received_at=NOW)
 
 
 @pytest.mark.parametrize(
@@ -76,7 +75,7 @@ def test_prometheus_shaped_bodies_take_the_fast_path() -> None:
     ],
 )
 def test_bodies_orjson_would_read_otherwise_leave_the_fast_path(body: bytes) -> None:
-    assert _parse_common(body, NOW, RESOLVE, 10_000) is None
+    assert parse_common(body, received_at=NOW) is None
     assert parse_alerts_body(body, received_at=NOW) == exact(body)
 
 
@@ -233,7 +232,7 @@ def _body(alerts: st.SearchStrategy[Any], *, odd: bool = True) -> st.SearchStrat
 @PROPERTY
 @given(_body(_alert()))
 def test_any_body_gets_the_exact_paths_answer(body: bytes) -> None:
-    fast = _parse_common(body, NOW, RESOLVE, 10_000)
+    fast = parse_common(body, received_at=NOW)
     event("fast path" if fast is not None else "exact path")
     assert parse_alerts_body(body, received_at=NOW) == exact(body)
 
@@ -241,7 +240,7 @@ def test_any_body_gets_the_exact_paths_answer(body: bytes) -> None:
 @PROPERTY
 @given(_body(_ordinary_alert(), odd=False))
 def test_ordinary_bodies_get_the_exact_paths_answer(body: bytes) -> None:
-    fast = _parse_common(body, NOW, RESOLVE, 10_000)
+    fast = parse_common(body, received_at=NOW)
     event("fast path" if fast is not None else "exact path")
     assert parse_alerts_body(body, received_at=NOW) == exact(body)
     if fast is not None:

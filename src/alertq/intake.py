@@ -62,6 +62,7 @@ __all__ = [
     "IntakeResult",
     "check_storable",
     "parse_alerts_body",
+    "parse_common",
     "parse_exact",
 ]
 
@@ -550,10 +551,16 @@ def _time(value: object) -> tuple[tuple[datetime, int], str] | None:
     return hit
 
 
-def _parse_common(
-    raw: bytes, received_at: datetime, resolve_timeout: timedelta, max_alerts: int
+def parse_common(
+    raw: bytes,
+    *,
+    received_at: datetime,
+    resolve_timeout: timedelta = DEFAULT_RESOLVE_TIMEOUT,
+    max_alerts: int = DEFAULT_MAX_ALERTS,
 ) -> IntakeResult | None:
-    """The exact path's answer for a body of ordinary, valid alerts; None for any other."""
+    """:func:`parse_exact`'s answer for a body of ordinary, valid alerts; None for any
+    other. About 10 µs per alert, so the relay runs it on the event loop for small bodies.
+    """
     if len(raw) > _SMALL_BODY or (b"\\u" in raw and _ODD_ESCAPE_RE.search(raw)):
         return None
     try:
@@ -656,7 +663,9 @@ def parse_alerts_body(
         raise ValueError(f"naive datetime {received_at!r}: pass an aware UTC datetime")
     data = bytes(raw)
     if check is None:
-        common = _parse_common(data, received_at, resolve_timeout, max_alerts)
+        common = parse_common(
+            data, received_at=received_at, resolve_timeout=resolve_timeout, max_alerts=max_alerts
+        )
         if common is not None:
             return common
     return parse_exact(
