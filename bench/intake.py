@@ -60,6 +60,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 from sqlalchemy import event
 
 from _common import (
@@ -79,12 +80,12 @@ from _common import (
     scalar,
     worker_env,
 )
-from alertq.alerts import label_fingerprint
+from alertq.alerts import label_fingerprint, label_fingerprints
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory, transaction
 from alertq.driver.intake import IntakeDriver, IntakeRow
 from alertq.enqueue import enqueue_alert
-from alertq.intake import check_storable, parse_alerts_body
+from alertq.intake import check_storable, parse_alerts_body, parse_exact
 from alertq.migrate import upgrade
 
 ALERTS_PATH = "/api/v2/alerts"
@@ -590,20 +591,28 @@ def part_parse(a: Args, report: Report) -> None:
     raw = json.dumps(make_alerts("parse", 0, a.batch_size, datetime.now(UTC))).encode()
     now = datetime.now(UTC)
     parsed = parse_alerts_body(raw, received_at=now)
+    labels = [x["labels"] for x in parsed.alerts]
     steps: dict[str, Callable[[], object]] = {
-        "parse_alerts_body (all of the below but the dumps)": lambda: parse_alerts_body(
+        "parse_alerts_body (the fast path, as the relay runs it)": lambda: parse_alerts_body(
             raw, received_at=now
         ),
-        "  of which check_storable (alerts.py's validate_payload per alert)": lambda: [
-            check_storable(x) for x in parsed.alerts
-        ],
-        "  of which label_fingerprint": lambda: [
-            label_fingerprint(x["labels"]) for x in parsed.alerts
-        ],
-        "  of which JSON decoding (json with an object_pairs_hook)": lambda: json.loads(
-            raw, object_pairs_hook=list
+        "  of which label_fingerprints (the body's alerts at once)": lambda: label_fingerprints(
+            labels
         ),
-        "driver: json.dumps of each row's payload": lambda: [
+        "  of which orjson.loads of the body": lambda: orjson.loads(raw),
+        "parse_exact (Go's decoding rules: bodies the fast path leaves)": lambda: parse_exact(
+            raw, received_at=now
+        ),
+        "parse_exact + check_storable per alert (the old rules)": lambda: parse_exact(
+            raw, received_at=now, check=check_storable
+        ),
+        "label_fingerprint one alert at a time (before)": lambda: [
+            label_fingerprint(x) for x in labels
+        ],
+        "driver: orjson.dumps of each row's payload": lambda: [
+            orjson.dumps([x]).decode() for x in parsed.alerts
+        ],
+        "driver before: json.dumps of each row's payload": lambda: [
             json.dumps([x], ensure_ascii=False) for x in parsed.alerts
         ],
         "for scale: plain json.loads of the body": lambda: json.loads(raw),
