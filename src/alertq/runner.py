@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import signal
@@ -309,6 +310,10 @@ async def run_service(settings: Settings) -> int:
             return 1
         log_mutations(settings)
         print_banner(settings, url, probe.targets)
+        # What start-up built lives as long as the process: out of the collector's way,
+        # every full collection stops walking it (about 2 ms CPU per 256-alert POST).
+        gc.collect()
+        gc.freeze()
         tasks.append(asyncio.create_task(worker.run(stop), name="alertq-worker"))
         tasks.append(asyncio.create_task(collector.run(stop), name="alertq-collector"))
         replay = ReplayService(settings, factory, probe)
