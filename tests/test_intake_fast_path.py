@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from alertq import intake
 from alertq.alerts import InvalidAlertPayload, check_generator_url
 from alertq.intake import (
     _SAFE_URL_RE,
@@ -273,3 +274,15 @@ def test_the_url_check_is_what_the_cheap_storage_check_adds() -> None:
     assert result.status == 400
     with pytest.raises(InvalidAlertPayload):
         check_generator_url("http://[::g]/")
+
+
+def test_the_fast_paths_caches_keep_no_long_strings() -> None:
+    # 4,096 entries of a 4 MiB body each would be gigabytes.
+    long_name = "n" * 1000
+    long_time = "2026-12-01T11:00:00." + "0" * 1000 + "Z"
+    body = json.dumps([{"labels": {long_name: "v"}, "startsAt": long_time}]).encode()
+    result = parse_common(body, received_at=NOW)
+    assert result is not None
+    assert result == exact(body)
+    assert long_name not in intake._VALID_NAMES
+    assert long_time not in intake._TIMES

@@ -519,6 +519,7 @@ _SAFE_URL_RE = re.compile(
 )
 _ZERO_KEY = (_ZERO, 0)
 _CACHE_MAX = 4096
+_CACHED_CHARS = 64  # a longer name or timestamp (a 1 MB fraction) is checked, not kept
 # Label and annotation names seen valid, and parsed timestamps: both repeat across alerts.
 _VALID_NAMES: set[str] = set()
 _TIMES: dict[str, tuple[tuple[datetime, int], str]] = {}
@@ -529,7 +530,7 @@ def _names_ok(mapping: Mapping[str, object]) -> bool:
         if name not in _VALID_NAMES:
             if _NAME_RE.fullmatch(name) is None:
                 return False
-            if len(_VALID_NAMES) < _CACHE_MAX:
+            if len(_VALID_NAMES) < _CACHE_MAX and len(name) <= _CACHED_CHARS:
                 _VALID_NAMES.add(name)
     return True
 
@@ -545,9 +546,11 @@ def _time(value: object) -> tuple[tuple[datetime, int], str] | None:
         except (_BodyError, _OutOfRange):
             return None
         assert parsed is not None
-        if len(_TIMES) >= _CACHE_MAX:
-            _TIMES.clear()
-        hit = _TIMES[value] = (parsed.key, parsed.render())
+        hit = (parsed.key, parsed.render())
+        if len(value) <= _CACHED_CHARS:
+            if len(_TIMES) >= _CACHE_MAX:
+                _TIMES.clear()
+            _TIMES[value] = hit
     return hit
 
 
