@@ -286,3 +286,15 @@ def test_the_fast_paths_caches_keep_no_long_strings() -> None:
     assert result == exact(body)
     assert long_name not in intake._VALID_NAMES
     assert long_time not in intake._TIMES
+
+
+def test_a_large_body_of_ordinary_alerts_takes_the_fast_path() -> None:
+    alerts = [
+        {"labels": {"alertname": "Big", "i": str(i)}, "annotations": {"text": "é" * 3000}}
+        for i in range(100)
+    ]
+    body = json.dumps(alerts, ensure_ascii=False).encode()
+    assert len(body) > 400_000  # past the bound below which no alert can be too large
+    result = parse_common(body, received_at=NOW)
+    assert result is not None
+    assert result == exact(body)
