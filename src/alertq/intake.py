@@ -492,7 +492,7 @@ def _check_normalised(alert: dict[str, Any], *, small: bool) -> None:
 
     ``_normalise`` has already applied every rule of ``validate_payload`` but two: the
     ``generatorURL`` rule and the payload size. The size can only fail in a large body.
-    ``tests/test_relay_intake.py`` checks that this refuses exactly what
+    ``tests/test_intake_fast_path.py`` checks that this refuses exactly what
     :func:`check_storable` refuses.
     """
     if not small:
@@ -566,6 +566,8 @@ def parse_common(
     """:func:`parse_exact`'s answer for a body of ordinary, valid alerts; None for any
     other. About 10 µs per alert, so the relay runs it on the event loop for small bodies.
     """
+    if received_at.tzinfo is None:
+        raise ValueError(f"naive datetime {received_at!r}: pass an aware UTC datetime")
     if b"\\u" in raw and _ODD_ESCAPE_RE.search(raw):
         return None
     small = len(raw) <= _SMALL_BODY
