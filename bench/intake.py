@@ -16,6 +16,9 @@ Four parts:
   within each run. Before the Alertmanager's turn, alertq has delivered its backlog, so
   its worker does not steal the Alertmanager's CPU. ``--two-servers`` adds two
   ``alertq run`` on the same database, the senders split between them (HA, scaling out).
+  Each server's own CPU per body (``/proc/PID/stat``, all threads) is reported while the
+  senders run and, for alertq, until its worker has delivered everything: unlike alerts/s,
+  the machine's other load hardly moves it.
 * **latency**: an open loop at ``--latency-rate`` (1,000) alerts/s, ``--latency-batch`` (10)
   alerts per POST spread over the senders, for ``--latency-seconds``. Intake POST latency is
   measured at the sender from the moment the POST was due (so falling behind the schedule
@@ -23,8 +26,9 @@ Four parts:
   the alert's ``updatedAt`` in a real Alertmanager behind ``alertq run`` (set on receipt,
   millisecond precision), read back from its API. The same open loop straight into an
   Alertmanager gives its own POST latency, for scale.
-* **parse**: the client CPU of one body's decoding and validation, step by step (the
-  profile of ``alertq run`` under ``--profile`` puts most of the intake's CPU there).
+* **parse**: the client CPU of one body's decoding and validation, step by step: the fast
+  path and its parts, the exact path, and the exact path with the old per-alert
+  ``check_storable``.
 * **sqlite**: what ``synchronous=FULL`` (alertq's default) costs a producer against
   ``NORMAL``, alternating in the same run: one-alert ``enqueue_alert`` transactions, and
   256-alert relay batches (``IntakeDriver.alerts_insert_many``).
