@@ -16,6 +16,9 @@ Four parts:
   within each run. Before the Alertmanager's turn, alertq has delivered its backlog, so
   its worker does not steal the Alertmanager's CPU. ``--two-servers`` adds two
   ``alertq run`` on the same database, the senders split between them (HA, scaling out).
+  Each server's own CPU per body (``/proc/PID/stat``, all threads) is reported while the
+  senders run and, for alertq, until its worker has delivered everything: unlike alerts/s,
+  the machine's other load hardly moves it.
 * **latency**: an open loop at ``--latency-rate`` (1,000) alerts/s, ``--latency-batch`` (10)
   alerts per POST spread over the senders, for ``--latency-seconds``. Intake POST latency is
   measured at the sender from the moment the POST was due (so falling behind the schedule
@@ -23,8 +26,9 @@ Four parts:
   the alert's ``updatedAt`` in a real Alertmanager behind ``alertq run`` (set on receipt,
   millisecond precision), read back from its API. The same open loop straight into an
   Alertmanager gives its own POST latency, for scale.
-* **parse**: the client CPU of one body's decoding and validation, step by step (the
-  profile of ``alertq run`` under ``--profile`` puts most of the intake's CPU there).
+* **parse**: the client CPU of one body's decoding and validation, step by step: the fast
+  path and its parts, the exact path, and the exact path with the old per-alert
+  ``check_storable``.
 * **sqlite**: what ``synchronous=FULL`` (alertq's default) costs a producer against
   ``NORMAL``, alternating in the same run: one-alert ``enqueue_alert`` transactions, and
   256-alert relay batches (``IntakeDriver.alerts_insert_many``).
@@ -60,6 +64,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 from sqlalchemy import event
 
 from _common import (
@@ -79,12 +84,12 @@ from _common import (
     scalar,
     worker_env,
 )
-from alertq.alerts import label_fingerprint
+from alertq.alerts import label_fingerprint, label_fingerprints
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory, transaction
 from alertq.driver.intake import IntakeDriver, IntakeRow
 from alertq.enqueue import enqueue_alert
-from alertq.intake import check_storable, parse_alerts_body
+from alertq.intake import check_storable, parse_alerts_body, parse_exact
 from alertq.migrate import upgrade
 
 ALERTS_PATH = "/api/v2/alerts"
@@ -336,6 +341,15 @@ def keep_analyzed(db_url: str, every: float = 2.0) -> Iterator[None]:
         thread.join(timeout=30)
 
 
+def cpu_seconds(processes: list[subprocess.Popen[bytes]]) -> float:
+    """User + system CPU of the processes so far, all threads (``/proc/PID/stat``)."""
+    ticks = 0
+    for process in processes:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pyinstrument(profile: Path | None) -> list[str]:
     """Arguments that run the child under pyinstrument, writing a text profile on exit."""
     if profile is None:
@@ -385,10 +399,14 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                     )
                     if system == "alertmanager":
                         ports = [am.port] * a.senders
+                        procs = [am.process]
                     else:
                         used = servers[: 2 if system == "alertq x2" else 1]
                         ports = [used[i % len(used)].port for i in range(a.senders)]
+                        procs = [x.process for x in used]
+                    cpu_before = cpu_seconds(procs)
                     elapsed, lat = asyncio.run(closed_loop(ports, work))
+                    cpu_sent = cpu_seconds(procs) - cpu_before
                     n = a.senders * a.batches * a.batch_size
                     result[system] = {
                         "alerts": n,
@@ -396,13 +414,20 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                         "alerts_per_s": n / elapsed,
                         "post_p50_ms": percentile(lat, 50) * 1000,
                         "post_p99_ms": percentile(lat, 99) * 1000,
+                        # The server's own CPU per body while the senders ran: a figure
+                        # the machine's other load hardly moves.
+                        "cpu_ms_per_body": cpu_sent * 1000 / (a.senders * a.batches),
                     }
                     if system != "alertmanager":
                         # Delivered before the next system's turn: no backlog steals its CPU.
                         result[system]["delivered_after_s"] = asyncio.run(wait_delivered(db_url))
+                        result[system]["cpu_ms_per_body_delivered"] = (
+                            (cpu_seconds(procs) - cpu_before) * 1000 / (a.senders * a.batches)
+                        )
                     print(
                         f"run {r + 1} {system}: {n / elapsed:,.0f} alerts/s "
-                        f"(POST p50 {result[system]['post_p50_ms']:.1f} ms)",
+                        f"(POST p50 {result[system]['post_p50_ms']:.1f} ms, "
+                        f"server CPU {result[system]['cpu_ms_per_body']:.1f} ms per body)",
                         flush=True,
                     )
                 for system in systems[:-1]:
@@ -431,6 +456,12 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                 f"{fmt(min(v))}–{fmt(max(v))}",
                 fmt(median(col(system, "post_p50_ms"))),
                 fmt(median(col(system, "post_p99_ms"))),
+                fmt(median(col(system, "cpu_ms_per_body")), 1),
+                (
+                    fmt(median(col(system, "cpu_ms_per_body_delivered")), 1)
+                    if system != "alertmanager"
+                    else ""
+                ),
                 target,
             ]
         )
@@ -443,6 +474,8 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                 f"{min(ratios):.2f}–{max(ratios):.2f}",
                 "",
                 "",
+                "",
+                "",
                 "≥ 0.5: " + ("met" if median(ratios) >= 0.5 else "MISSED"),
             ]
         )
@@ -450,7 +483,16 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
         f"Intake of {a.batch_size}-alert batches from {a.senders} concurrent senders, "
         f"{a.senders * a.batches * a.batch_size:,} alerts per system per run, "
         f"median of {a.runs} runs (order rotated each run; ratio taken within each run)",
-        ["system", "alerts/s", "min–max", "POST p50 ms", "POST p99 ms", "target"],
+        [
+            "system",
+            "alerts/s",
+            "min–max",
+            "POST p50 ms",
+            "POST p99 ms",
+            "server CPU ms per body",
+            "… until delivered",
+            "target",
+        ],
         rows,
     )
 
@@ -553,20 +595,28 @@ def part_parse(a: Args, report: Report) -> None:
     raw = json.dumps(make_alerts("parse", 0, a.batch_size, datetime.now(UTC))).encode()
     now = datetime.now(UTC)
     parsed = parse_alerts_body(raw, received_at=now)
+    labels = [x["labels"] for x in parsed.alerts]
     steps: dict[str, Callable[[], object]] = {
-        "parse_alerts_body (all of the below but the dumps)": lambda: parse_alerts_body(
+        "parse_alerts_body (the fast path, as the relay runs it)": lambda: parse_alerts_body(
             raw, received_at=now
         ),
-        "  of which check_storable (alerts.py's validate_payload per alert)": lambda: [
-            check_storable(x) for x in parsed.alerts
-        ],
-        "  of which label_fingerprint": lambda: [
-            label_fingerprint(x["labels"]) for x in parsed.alerts
-        ],
-        "  of which JSON decoding (json with an object_pairs_hook)": lambda: json.loads(
-            raw, object_pairs_hook=list
+        "  of which label_fingerprints (the body's alerts at once)": lambda: label_fingerprints(
+            labels
         ),
-        "driver: json.dumps of each row's payload": lambda: [
+        "  of which orjson.loads of the body": lambda: orjson.loads(raw),
+        "parse_exact (Go's decoding rules: bodies the fast path leaves)": lambda: parse_exact(
+            raw, received_at=now
+        ),
+        "parse_exact + check_storable per alert (the old rules)": lambda: parse_exact(
+            raw, received_at=now, check=check_storable
+        ),
+        "label_fingerprint one alert at a time (before)": lambda: [
+            label_fingerprint(x) for x in labels
+        ],
+        "driver: orjson.dumps of each row's payload": lambda: [
+            orjson.dumps([x]).decode() for x in parsed.alerts
+        ],
+        "driver before: json.dumps of each row's payload": lambda: [
             json.dumps([x], ensure_ascii=False) for x in parsed.alerts
         ],
         "for scale: plain json.loads of the body": lambda: json.loads(raw),

@@ -45,7 +45,7 @@ import ipaddress
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Protocol
 
@@ -64,6 +64,7 @@ __all__ = [
     "breaker_resolved_payload",
     "check_generator_url",
     "label_fingerprint",
+    "label_fingerprints",
     "parse_payload",
     "payload_fingerprint",
     "rfc3339",
@@ -486,6 +487,90 @@ def label_fingerprint(labels: Mapping[str, str]) -> str:
             h = ((h ^ byte) * prime) & mask
         h = ((h ^ _SEP) * prime) & mask
     return f"{h:016x}"
+
+
+# label_fingerprints: each label set's FNV state in its own lane of one Python int, so one
+# big-int step advances every set by a byte. 128-bit lanes hold a 64-bit state times the
+# 41-bit prime without carrying into the next lane.
+_LANE = 16
+_LANE_OFFSET = _FNV64_OFFSET.to_bytes(8, "little") + bytes(8)
+_LANE_MASK = b"\xff" * 8 + bytes(8)
+_SWAR_SETS = 256  # sets per int
+_SWAR_MAX_BYTES = 1024  # a longer set is hashed alone (its row of the grid would be large)
+_SWAR_TAIL = 4  # so few sets left: finish them one by one
+
+
+def _fnv_input(labels: Mapping[str, str]) -> bytes:
+    out = bytearray()
+    for name in sorted(labels):
+        value = labels[name]
+        if value != "":
+            out += name.encode("utf-8")
+            out += b"\xff"
+            out += value.encode("utf-8")
+            out += b"\xff"
+    return bytes(out)
+
+
+def _fnv(h: int, data: bytes) -> int:
+    prime, mask = _FNV64_PRIME, _MASK64
+    for byte in data:
+        h = ((h ^ byte) * prime) & mask
+    return h
+
+
+def label_fingerprints(label_sets: Sequence[Mapping[str, str]]) -> list[str]:
+    """:func:`label_fingerprint` of each label set, computed together (a few times faster
+    for a batch of alerts)."""
+    values: list[int] = []
+    for start in range(0, len(label_sets), _SWAR_SETS):
+        values += _fnv_lanes([_fnv_input(s) for s in label_sets[start : start + _SWAR_SETS]])
+    return [f"{h:016x}" for h in values]
+
+
+def _fnv_lanes(data: list[bytes]) -> list[int]:
+    result = [_FNV64_OFFSET] * len(data)
+    # Longest first, so the sets still running are always the low lanes.
+    order = sorted(
+        (i for i in range(len(data)) if len(data[i]) <= _SWAR_MAX_BYTES),
+        key=lambda i: len(data[i]),
+        reverse=True,
+    )
+    for i in range(len(data)):
+        if len(data[i]) > _SWAR_MAX_BYTES:
+            result[i] = _fnv(_FNV64_OFFSET, data[i])
+    lengths = [len(data[i]) for i in order]
+    active = len(order)
+    while active and lengths[active - 1] == 0:
+        active -= 1
+    if not active:
+        return result
+    stride = active * _LANE
+    grid = bytearray(lengths[0] * stride)
+    for lane in range(active):
+        row = data[order[lane]]
+        grid[lane * _LANE : lane * _LANE + len(row) * stride : stride] = row
+    h = int.from_bytes(_LANE_OFFSET * active, "little")
+    mask = int.from_bytes(_LANE_MASK * active, "little")
+    step = 0
+    while active > _SWAR_TAIL:
+        x = int.from_bytes(grid[step * stride : step * stride + active * _LANE], "little")
+        h = ((h ^ x) * _FNV64_PRIME) & mask
+        step += 1
+        if lengths[active - 1] == step:
+            lanes = h.to_bytes(active * _LANE, "little")
+            while active and lengths[active - 1] == step:
+                active -= 1
+                result[order[active]] = int.from_bytes(
+                    lanes[active * _LANE : active * _LANE + 8], "little"
+                )
+            keep = (1 << (active * _LANE * 8)) - 1
+            h, mask = h & keep, mask & keep
+    lanes = h.to_bytes(active * _LANE, "little")
+    for lane in range(active):
+        state = int.from_bytes(lanes[lane * _LANE : lane * _LANE + 8], "little")
+        result[order[lane]] = _fnv(state, data[order[lane]][step:])
+    return result
 
 
 def payload_fingerprint(payload: list[dict[str, Any]]) -> str:

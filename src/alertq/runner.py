@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import signal
@@ -322,6 +323,13 @@ async def run_service(settings: Settings) -> int:
             return 1
         log_mutations(settings)
         print_banner(settings, url, probe.targets)
+        # What start-up built lives as long as the process: out of the collector's way,
+        # every full collection stops walking it (about 2 ms CPU per 256-alert POST). A
+        # body's thousands of short-lived containers then mostly die before the young
+        # generation is collected (0.3-0.8 ms more).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 10, 10)
         tasks.append(asyncio.create_task(worker.run(stop), name="alertq-worker"))
         tasks.append(asyncio.create_task(collector.run(stop), name="alertq-collector"))
         replay = ReplayService(settings, factory, probe)

@@ -8,12 +8,12 @@ NOTIFY in one statement, the rows passed as arrays through ``unnest``) and one
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -123,7 +123,7 @@ class IntakeDriver:
             raise ValueError("alerts_insert_many: a fingerprint appears twice in one batch")
         if self.session.get_bind().dialect.name == "postgresql":
             params = {
-                "payloads": [json.dumps(r.payload, ensure_ascii=False) for r in rows],
+                "payloads": [orjson.dumps(r.payload).decode() for r in rows],
                 "fps": fps,
                 "alert_type": alert_type,
                 "max_attempts": max_attempts,
