@@ -492,7 +492,7 @@ def _check_normalised(alert: dict[str, Any], *, small: bool) -> None:
 
     ``_normalise`` has already applied every rule of ``validate_payload`` but two: the
     ``generatorURL`` rule and the payload size. The size can only fail in a large body.
-    ``tests/test_intake_fast_path.py`` checks that this refuses exactly what
+    ``tests/unit/test_intake_fast_path.py`` checks that this refuses exactly what
     :func:`check_storable` refuses.
     """
     if not small:
