@@ -142,11 +142,13 @@ class CostSimAlertQueueModel(Base):
     # Every claim and record writes an entry in each index a row is in (migration 0005):
     # only the partial ones the queries need.
     __table_args__ = (
+        # On PostgreSQL only for queries that bound the due time (migration 0006): a
+        # fingerprint probe must not find walking the whole backlog as cheap as its index.
         Index(
             "ix_costsim_alert_queue_due",
             "next_attempt_at",
             "id",
-            postgresql_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending' AND next_attempt_at IS NOT NULL"),
             sqlite_where=text("status = 'pending'"),
         ),
         Index(

@@ -22,7 +22,7 @@ from alertq.driver import get_alert_driver
 from alertq.migrate import current, upgrade
 from alertq.models import Base
 
-HEAD = "0005_queue_write_indexes"
+HEAD = "0006_due_index_needs_a_due_time"
 """The newest revision: an upgraded database is stamped with it."""
 
 
@@ -88,7 +88,8 @@ def test_postgres_claim_index_is_partial_and_autovacuum_tuned(empty_pg_url: str)
             await engine.dispose()
 
     indexdef, options = asyncio.run(read())
-    assert "WHERE (status = 'pending'::text)" in indexdef
+    # Partial on pending rows, and only for queries that bound the due time (0006).
+    assert "WHERE ((status = 'pending'::text) AND (next_attempt_at IS NOT NULL))" in indexdef
     assert "autovacuum_vacuum_scale_factor=0.01" in options
 
 

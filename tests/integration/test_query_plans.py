@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory
 from alertq.driver import AlertDriver, get_alert_driver
+from alertq.driver.intake import IntakeDriver, IntakeRow
 from alertq.driver.sql import PG_CLAIM
 
 pytestmark = pytest.mark.postgres
@@ -348,3 +349,65 @@ async def test_retry_failed_reads_only_failed_rows_through_their_partial_index(
         await session.rollback()
     assert "ix_costsim_alert_queue_failed" in indexes_used(plan), statement
     assert table_scans(plan) == [], statement
+
+
+@postgres_only
+async def test_fingerprint_probes_never_walk_the_due_index_after_a_burst_behind_stale_statistics(
+    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    # A queue ANALYZEd while it kept up (history, hardly a pending row), then an outage: a
+    # burst of pending rows before autovacuum looks again. Both partial indexes cover
+    # pending rows, and on those statistics the planner found walking every pending row of
+    # the due index as cheap as probing the fingerprint index: each 256-alert relay body
+    # took 2 ms on an empty backlog and 45 ms at 10,000 pending rows.
+    async with engine.begin() as conn:
+        await conn.execute(FILL, {"total": 20_000, "history": 20_000, "failed": 0})
+    async with engine.connect() as conn:
+        await conn.execute(text(f"ANALYZE {TABLE}"))
+        await conn.commit()
+    async with engine.begin() as conn:
+        await conn.execute(FILL, {"total": 5_000, "history": 0, "failed": 0})
+        fps = (
+            await conn.execute(
+                text(
+                    "SELECT fingerprint FROM costsim_alert_queue WHERE status = 'pending' "
+                    "ORDER BY id DESC LIMIT 256"
+                )
+            )
+        ).scalars()
+        fingerprints = list(fps)
+
+    async def relay_body(driver: AlertDriver) -> None:
+        rows = [IntakeRow([{"labels": {"fp": fp}}], fp) for fp in fingerprints]
+        await IntakeDriver(driver.session).alerts_insert_many(
+            rows,
+            alert_type="relay",
+            now=datetime.now(UTC),
+            max_attempts=10,
+            source_addr=None,
+            source_agent=None,
+        )
+
+    async def supersede(driver: AlertDriver) -> None:
+        await driver.alerts_supersede_older(fingerprints[:2], datetime.now(UTC))
+
+    async def enqueue(driver: AlertDriver) -> None:
+        await driver.alerts_enqueue(
+            [{"labels": {"fp": fingerprints[0]}}],
+            "disable",
+            None,
+            None,
+            fingerprint=fingerprints[0],
+            now=datetime.now(UTC),
+            max_attempts=10,
+        )
+
+    for call, prefix in ((relay_body, "WITH"), (supersede, "UPDATE"), (enqueue, "WITH")):
+        async with session_factory() as session:
+            await session.begin()
+            statement, plan = await explain_driver_statement(engine, session, call, prefix)
+            await session.rollback()
+        used = indexes_used(plan)
+        assert "ix_costsim_alert_queue_due" not in used, (used, statement)
+        assert "ix_costsim_alert_queue_pending_fingerprint" in used, (used, statement)
+        assert table_scans(plan) == [], statement
