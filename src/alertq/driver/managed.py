@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -36,6 +36,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from alertq.driver.sql import aware, rearm_values
 from alertq.models import (
     AlertStatus,
     CostSimAlertQueueModel,
@@ -55,12 +56,6 @@ Q = CostSimAlertQueueModel
 PENDING = AlertStatus.PENDING.value
 SENT = AlertStatus.SENT.value
 FAILED = AlertStatus.FAILED.value
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _rearm(row_id: Any, payload: Any) -> Any:
@@ -90,17 +85,7 @@ def _rearm(row_id: Any, payload: Any) -> Any:
                 newer.status == literal_column(f"'{PENDING}'"),
             ),
         )
-        .values(
-            payload=payload,
-            status=PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-            last_error=None,
-            delivered_to=[],
-            leased_until=None,
-            leased_by=None,
-        )
+        .values(rearm_values(payload, now))
         .returning(Q.id)
         .execution_options(synchronize_session=False)
     )
@@ -223,7 +208,7 @@ class ManagedDriver:
             .execution_options(populate_existing=True)
         )
         return [
-            ManagedDue(r[0], r[1], _aware(r[2]), _aware(r[3]))
+            ManagedDue(r[0], r[1], aware(r[2]), aware(r[3]))
             for r in (await self.session.execute(stmt)).all()
         ]
 

@@ -29,6 +29,7 @@ from alertq.driver.sql import (
     aware,
     dialect_for,
     insert_values,
+    rearm_values,
     rowcount,
 )
 
@@ -294,17 +295,7 @@ class QueueDriver:
                 Q.fingerprint.is_not(None),
                 ~exists().where(newer.fingerprint == Q.fingerprint, newer.id > Q.id),
             )
-            .values(
-                payload=payload,
-                status=PENDING,
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-                last_error=None,
-                delivered_to=[],
-                leased_until=None,
-                leased_by=None,
-            )
+            .values(rearm_values(payload, now))
             .execution_options(synchronize_session=False)
         )
         return rowcount(await self.session.execute(stmt)) > 0

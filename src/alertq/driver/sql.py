@@ -62,6 +62,23 @@ def aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def rearm_values(payload: Any, now: Any) -> dict[str, Any]:
+    """What a re-armed row is set to: its new payload, due ``now``, counted as enqueued
+    anew (attempts 0, no target has it, unleased). ``payload`` and ``now`` may be values
+    or SQL expressions."""
+    return {
+        "payload": payload,
+        "status": PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "last_error": None,
+        "delivered_to": [],
+        "leased_until": None,
+        "leased_by": None,
+    }
+
+
 def insert_values(
     payload: list[dict[str, Any]],
     alert_type: str,
