@@ -38,7 +38,7 @@ from alertq.intake import parse_alerts_body, parse_common, parse_exact
 from alertq.logs import escape_control
 from alertq.opsview import OpsContext, describe_db_error
 
-__all__ = ["RELAY_ALERT_TYPE", "intake_auth_enabled", "router"]
+__all__ = ["RELAY_ALERT_TYPE", "intake_auth_enabled", "intake_auth_scheme", "router"]
 
 log = logging.getLogger("alertq.relay")
 
@@ -53,9 +53,19 @@ _JSON_TYPES = ("application/json",)
 router = APIRouter(tags=["Alertmanager API (relay)"], include_in_schema=False)
 
 
+def intake_auth_scheme(settings: Settings) -> str | None:
+    """The scheme ``POST /api/v2/alerts`` requires (``"Bearer"`` or ``"Basic"``), or None
+    when intake auth is off. The banner and the 401 both read it."""
+    if settings.intake_bearer_token is not None:
+        return "Bearer"
+    if settings.intake_username is not None:
+        return "Basic"
+    return None
+
+
 def intake_auth_enabled(settings: Settings) -> bool:
     """Whether ``POST /api/v2/alerts`` requires credentials."""
-    return settings.intake_bearer_token is not None or settings.intake_username is not None
+    return intake_auth_scheme(settings) is not None
 
 
 def _authorized(settings: Settings, header: str | None) -> bool:
@@ -117,7 +127,7 @@ async def _post_alerts(request: Request) -> Response:
     received_at = datetime.now(UTC)
     if not _authorized(settings, request.headers.get("authorization")):
         metrics.INTAKE_ALERTS.labels("unauthorized").inc()
-        scheme = "Bearer" if settings.intake_bearer_token is not None else 'Basic realm="alertq"'
+        scheme = "Bearer" if intake_auth_scheme(settings) == "Bearer" else 'Basic realm="alertq"'
         response = _error(401, 401, "unauthorized")
         response.headers["WWW-Authenticate"] = scheme
         return response

@@ -36,7 +36,7 @@ from alertq.db import create_engine, create_session_factory
 from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
 from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot, describe_db_error
-from alertq.relay import intake_auth_enabled
+from alertq.relay import intake_auth_enabled, intake_auth_scheme
 from alertq.replay import ReplayService
 
 __all__ = ["Collector", "log_mutations", "parse_http_addr", "print_banner", "run_service"]
@@ -236,12 +236,12 @@ def print_banner(
     from rich.console import Console
 
     api = "token required" if settings.mutations_enabled else "mutations off: set ALERTQ_API_TOKEN"
-    if settings.intake_bearer_token is not None:
-        intake = "bearer token required"
-    elif settings.intake_username is not None:
-        intake = "basic auth required"
-    else:
-        intake = "no auth: set ALERTQ_INTAKE_USERNAME/_PASSWORD or _BEARER_TOKEN"
+    scheme = intake_auth_scheme(settings)
+    intake = {
+        "Bearer": "bearer token required",
+        "Basic": "basic auth required",
+        None: "no auth: set ALERTQ_INTAKE_USERNAME/_PASSWORD or _BEARER_TOKEN",
+    }[scheme]
     lines = [
         "[bold green]alertq is running[/] [dim](Ctrl-C to stop)[/]",
         f"  status page    [bold cyan]{url}/[/]",
