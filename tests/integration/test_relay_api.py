@@ -211,7 +211,9 @@ async def test_non_json_content_type_is_415_as_alertmanager(db_url: str) -> None
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_intake_bearer_token_is_required_when_configured(db_url: str) -> None:
     async with relay(relay_settings(db_url, intake_bearer_token="s3cret-token")) as r:
-        assert (await r.post([alert("A")])).status_code == 401
+        missing = await r.post([alert("A")])
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"] == "Bearer"  # the scheme it wants
         wrong = await r.post([alert("A")], Authorization="Bearer s3cret-tokeX")
         assert wrong.status_code == 401 and "s3cret" not in wrong.text
         assert (await r.post([alert("A")], Authorization="Bearer s3cret-token")).status_code == 200
@@ -227,7 +229,9 @@ async def test_intake_basic_auth_is_required_when_configured(db_url: str) -> Non
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
     async with relay(settings) as r:
-        assert (await r.post([alert("A")], Authorization=basic("prom", "nope"))).status_code == 401
+        wrong = await r.post([alert("A")], Authorization=basic("prom", "nope"))
+        assert wrong.status_code == 401
+        assert wrong.headers["www-authenticate"] == 'Basic realm="alertq"'
         assert (await r.post([alert("A")], Authorization="Bearer pa:ss")).status_code == 401
         assert (await r.post([alert("A")], Authorization=basic("prom", "pa:ss"))).status_code == 200
 
