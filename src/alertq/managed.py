@@ -508,7 +508,7 @@ async def fire_in(
         notify_throttle=settings.notify_throttle,
     )
     old = [i for i in (row.firing_row_id, row.resolving_row_id) if i is not None]
-    await driver.managed_rows_delete_done(old)
+    await get_queue_driver(session).alerts_delete_done(old)
     await driver.managed_update(
         row.id,
         labels=labels,
@@ -558,9 +558,10 @@ async def _refire(
         )
         values.update(annotations=annotations, generator_url=generator_url)
         current = row.firing_row_id
+        queue = get_queue_driver(session)
         sent = current is not None and (
-            await driver.managed_rows_update_pending(current, payload)
-            or await driver.managed_rows_rearm([(current, payload)], now)
+            await queue.alerts_update_pending(current, payload)
+            or await queue.alerts_rearm([(current, payload)], now)
         )
         if not sent:  # leased right now, or gone: a new row supersedes it
             queued = await enqueue_alert(
@@ -574,7 +575,7 @@ async def _refire(
                 notify_throttle=settings.notify_throttle,
             )
             if current is not None:
-                await driver.managed_rows_delete_done([current])
+                await get_queue_driver(session).alerts_delete_done([current])
             values["firing_row_id"] = queued.id
         values["keepalive_at"] = _next_look(now, settings, expires_at)
     await driver.managed_update(row.id, **values)
@@ -632,7 +633,7 @@ async def _resolve_row(
     )
     old = row.resolving_row_id
     if old is not None:
-        await driver.managed_rows_delete_done([old])
+        await get_queue_driver(session).alerts_delete_done([old])
     retention = timedelta(seconds=settings.resolved_retention)
     await driver.managed_update(
         row.id,
@@ -720,7 +721,7 @@ class ManagedKeepalive(_Service):
                     result.enqueued += 1
                 else:
                     plain.append(update)
-            done = set(await driver.managed_rows_rearm(rearm, now))
+            done = set(await get_queue_driver(s).alerts_rearm(rearm, now))
             result.rearmed += len(done)
             tick = timedelta(seconds=keepalive_tick(settings.resend_interval))
             for row_id, update in updates.items():

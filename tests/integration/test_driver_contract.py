@@ -352,7 +352,7 @@ async def test_alerts_rearm_makes_a_sent_row_pending_unless_a_newer_row_has_its_
     await claim(tx, now, 2)
     await queue.alerts_mark_sent([a, b], 1, now, ["am"])
     later = now + timedelta(hours=1)
-    assert await queue.alerts_rearm(a, alert("Fresh"), later)
+    assert await queue.alerts_rearm([(a, alert("Fresh"))], later) == [a]
     row = await fresh(tx, a)
     assert (row.status, row.attempts, row.payload, row.delivered_to) == (
         "pending",
@@ -361,9 +361,46 @@ async def test_alerts_rearm_makes_a_sent_row_pending_unless_a_newer_row_has_its_
         [],
     )
     assert row.next_attempt_at == later == row.created_at
-    assert not await queue.alerts_rearm(a, alert(), later)  # pending: on its way already
+    assert not await queue.alerts_rearm([(a, alert())], later)  # pending: on its way already
     await queue.alerts_insert(alert("A1"), "enable", None, None, fingerprint="A1", now=later)
-    assert not await queue.alerts_rearm(b, alert(), later)  # overtaken by a newer row
+    assert not await queue.alerts_rearm([(b, alert())], later)  # overtaken by a newer row
+
+
+async def test_alerts_rearm_takes_a_batch_in_one_call_and_returns_the_ids_it_rearmed(
+    tx: AsyncSession,
+) -> None:
+    queue = get_queue_driver(tx)
+    a, b, c = await add(tx, 3)
+    now = T0 + timedelta(minutes=1)
+    await claim(tx, now, 3)
+    await queue.alerts_mark_sent([a, b], 1, now, ["am"])
+    later = now + timedelta(hours=1)
+    rearmed = await queue.alerts_rearm([(a, alert("A")), (b, alert("B")), (c, alert())], later)
+    assert sorted(rearmed) == [a, b]  # c is still leased (pending): not re-armed
+    assert [(await fresh(tx, i)).payload for i in (a, b)] == [alert("A"), alert("B")]
+    assert await queue.alerts_rearm([], later) == []
+
+
+async def test_alerts_update_pending_rewrites_only_a_waiting_unleased_row(tx: AsyncSession) -> None:
+    queue = get_queue_driver(tx)
+    a, b = await add(tx, 2)
+    assert await queue.alerts_update_pending(a, alert("New"))
+    assert (await fresh(tx, a)).payload == alert("New")
+    await claim(tx, T0 + timedelta(minutes=1), 2)
+    assert not await queue.alerts_update_pending(b, alert("New"))  # leased: on its way
+    assert (await fresh(tx, b)).payload == alert("A1")
+
+
+async def test_alerts_delete_done_deletes_only_finished_rows(tx: AsyncSession) -> None:
+    queue = get_queue_driver(tx)
+    a, b = await add(tx, 2)
+    now = T0 + timedelta(minutes=1)
+    await claim(tx, now, 1)
+    await queue.alerts_mark_sent([a], 1, now, ["am"])
+    assert await queue.alerts_delete_done([a, b]) == 1
+    remaining = (await tx.scalars(select(Q.id).where(Q.id.in_([a, b])))).all()
+    assert list(remaining) == [b]
+    assert await queue.alerts_delete_done([]) == 0
 
 
 async def test_alerts_stats_counts_each_status_and_the_oldest_pending(tx: AsyncSession) -> None:

@@ -175,7 +175,9 @@ async def test_row_is_not_rearmed_once_a_newer_row_has_its_labels(harness: Harne
     h.clock.advance(60)
     assert await h.worker.keepalive.run_once() == 0
     async with transaction(h.factory) as s:
-        assert not await get_queue_driver(s).alerts_rearm(firing.id, firing.payload, h.clock.now)
+        assert not await get_queue_driver(s).alerts_rearm(
+            [(firing.id, firing.payload)], h.clock.now
+        )
     assert (await h.rows())[0].status == "sent"
 
 

@@ -21,6 +21,7 @@ from alertq.breaker import CircuitBreaker
 from alertq.config import Settings
 from alertq.db import transaction
 from alertq.delivery import AlertmanagerClient
+from alertq.driver import get_queue_driver
 from alertq.driver.managed import ManagedDriver
 from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
@@ -371,7 +372,7 @@ async def test_rearm_on_sqlite_looks_rows_up_by_id_even_without_statistics(
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
     try:
         async with session_factory() as s:
-            assert await ManagedDriver(s).managed_rows_rearm([(1, [])], T0) == []
+            assert await get_queue_driver(s).alerts_rearm([(1, [])], T0) == []
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", capture)
     ((statement, params),) = captured

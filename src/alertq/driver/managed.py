@@ -8,35 +8,25 @@ transaction already excludes other writers, and SQLAlchemy drops the clause.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     CursorResult,
     Table,
-    Text,
     bindparam,
     case,
-    cast,
-    column,
-    delete,
-    exists,
     func,
-    literal_column,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
-from alertq.driver.sql import aware, rearm_values
+from alertq.driver.sql import aware
 from alertq.models import (
     AlertStatus,
     CostSimAlertQueueModel,
@@ -56,54 +46,6 @@ Q = CostSimAlertQueueModel
 PENDING = AlertStatus.PENDING.value
 SENT = AlertStatus.SENT.value
 FAILED = AlertStatus.FAILED.value
-
-
-def _rearm(row_id: Any, payload: Any) -> Any:
-    """Re-arm sent or failed rows: each gets its new payload, due ``:now``, counted as
-    enqueued anew. Not while a newer pending row has its labels (someone else's newer state
-    must not be overtaken); the partial pending-fingerprint index serves that probe.
-
-    One statement for a whole batch on both backends; only where the (id, payload) pairs
-    come from differs: ``row_id`` and ``payload`` are columns of a table-valued function.
-    """
-    newer = aliased(Q)
-    now = bindparam("now", type_=UTCDateTime())
-    return (
-        update(Q)
-        .where(
-            Q.id == row_id,
-            # Literals, not parameters: a generic plan must still see the partial index.
-            # coalesce (status is never NULL) keeps a status index from driving the update:
-            # with the seed's (dropped in 0005) and no statistics, SQLite walked every sent
-            # row and json_each for each (9x the CPU).
-            func.coalesce(Q.status, literal_column("''")).in_(
-                [literal_column(f"'{SENT}'"), literal_column(f"'{FAILED}'")]
-            ),
-            ~exists().where(
-                newer.fingerprint == Q.fingerprint,
-                newer.id > Q.id,
-                newer.status == literal_column(f"'{PENDING}'"),
-            ),
-        )
-        .values(rearm_values(payload, now))
-        .returning(Q.id)
-        .execution_options(synchronize_session=False)
-    )
-
-
-# PostgreSQL: the pairs as two arrays, unnested side by side.
-_PG_ROWS = (
-    func.unnest(bindparam("ids", type_=ARRAY(BigInteger)), bindparam("payloads", type_=ARRAY(Text)))
-    .table_valued(column("id", BigInteger), column("payload", Text))
-    .render_derived(name="v")
-)
-_REARM_PG = _rearm(_PG_ROWS.c.id, cast(_PG_ROWS.c.payload, JSONB))
-# SQLite: the pairs as one JSON array of [id, payload], walked by json_each.
-_SQLITE_ROWS = func.json_each(bindparam("rows", type_=Text)).table_valued("value").alias("v")
-_REARM_SQLITE = _rearm(
-    func.json_extract(_SQLITE_ROWS.c.value, "$[0]"),
-    func.json_extract(_SQLITE_ROWS.c.value, "$[1]"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,38 +188,6 @@ class ManagedDriver:
         )
         return set((await self.session.scalars(stmt)).all())
 
-    # -- their queue rows
-
-    async def managed_rows_rearm(
-        self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
-    ) -> list[int]:
-        """Make each (row id, payload) pending again, due ``now``, if it is sent or failed
-        and no newer pending row has its labels: one statement (:func:`_rearm`) for the
-        batch. Returns the ids re-armed."""
-        if not rows:
-            return []
-        params = self._steps.rearm_params(rows, now)
-        result = await self.session.execute(self._steps.rearm, params)
-        return [int(i) for i in result.scalars().all()]
-
-    async def managed_rows_update_pending(self, row_id: int, payload: list[dict[str, Any]]) -> bool:
-        """Replace the payload of a row still waiting (pending and not leased)."""
-        stmt = (
-            update(Q)
-            .where(Q.id == row_id, Q.status == PENDING, Q.leased_until.is_(None))
-            .values(payload=payload)
-            .execution_options(synchronize_session=False)
-        )
-        return _rowcount(await self.session.execute(stmt)) > 0
-
-    async def managed_rows_delete_done(self, row_ids: Sequence[int]) -> int:
-        """Delete the given queue rows that are finished (not pending): a managed alert's
-        rows from an earlier episode, so it never owns more than two."""
-        if not row_ids:
-            return 0
-        stmt = delete(Q).where(Q.id.in_(list(row_ids)), Q.status != PENDING)
-        return _rowcount(await self.session.execute(stmt))
-
     # -- heartbeats
 
     async def heartbeats_lock(self, name: str) -> HeartbeatModel | None:
@@ -347,33 +257,15 @@ class ManagedDriver:
 class _PostgresSteps:
     """The statements whose SQL differs on PostgreSQL (chosen once per driver)."""
 
-    rearm = _REARM_PG
-
     def insert(self, model: Any) -> Any:
         return pg_insert(model)
-
-    def rearm_params(
-        self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
-    ) -> dict[str, Any]:
-        return {
-            "ids": [i for i, _ in rows],
-            "payloads": [json.dumps(p, separators=(",", ":")) for _, p in rows],
-            "now": now,
-        }
 
 
 class _SqliteSteps:
     """The statements whose SQL differs on SQLite (chosen once per driver)."""
 
-    rearm = _REARM_SQLITE
-
     def insert(self, model: Any) -> Any:
         return sqlite_insert(model)
-
-    def rearm_params(
-        self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
-    ) -> dict[str, Any]:
-        return {"rows": json.dumps(list(rows), separators=(",", ":")), "now": now}
 
 
 def _seconds(value: float) -> timedelta:

@@ -29,7 +29,6 @@ from alertq.driver.sql import (
     aware,
     dialect_for,
     insert_values,
-    rearm_values,
     rowcount,
 )
 
@@ -278,27 +277,36 @@ class QueueDriver:
     # -- keep-alive
 
     async def alerts_rearm(
-        self, alert_id: int, payload: list[dict[str, Any]], now: datetime
-    ) -> bool:
-        """Make a sent or failed row pending again, due at ``now``, with ``payload``.
+        self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
+    ) -> list[int]:
+        """Make each (row id, payload) pending again, due ``now``, with that payload, if it
+        is sent or failed and no newer pending row has its labels (a resolving row must
+        never be overtaken by a re-armed firing one). The row counts as enqueued anew:
+        attempts 0, no target has it, ``created_at = now``. One statement for the batch;
+        returns the ids re-armed."""
+        if not rows:
+            return []
+        stmt, params = self._sql.rearm_params(rows, now)
+        result = await self.session.execute(stmt, params)
+        return [int(i) for i in result.scalars().all()]
 
-        The row counts as enqueued anew: attempts 0, no target has it, ``created_at = now``.
-        Applies only while the row is still sent or failed and no newer row has its
-        fingerprint (a resolving row must never be overtaken by a re-armed firing one).
-        """
-        newer = aliased(Q)
+    async def alerts_update_pending(self, row_id: int, payload: list[dict[str, Any]]) -> bool:
+        """Replace the payload of a row still waiting (pending and not leased)."""
         stmt = (
             update(Q)
-            .where(
-                Q.id == alert_id,
-                Q.status.in_([SENT, FAILED]),
-                Q.fingerprint.is_not(None),
-                ~exists().where(newer.fingerprint == Q.fingerprint, newer.id > Q.id),
-            )
-            .values(rearm_values(payload, now))
+            .where(Q.id == row_id, Q.status == PENDING, Q.leased_until.is_(None))
+            .values(payload=payload)
             .execution_options(synchronize_session=False)
         )
         return rowcount(await self.session.execute(stmt)) > 0
+
+    async def alerts_delete_done(self, row_ids: Sequence[int]) -> int:
+        """Delete the given rows that are finished (not pending): a managed alert's rows
+        from an earlier episode, so it never owns more than two."""
+        if not row_ids:
+            return 0
+        stmt = delete(Q).where(Q.id.in_(list(row_ids)), Q.status != PENDING)
+        return rowcount(await self.session.execute(stmt))
 
     # -- operator actions and listings
 

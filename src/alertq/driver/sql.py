@@ -21,6 +21,8 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    cast,
+    column,
     exists,
     func,
     insert,
@@ -31,12 +33,13 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, make_transient_to_detached
 
-from alertq.models import AlertStatus, CostSimAlertQueueModel, CostSimCBStateModel
+from alertq.models import AlertStatus, CostSimAlertQueueModel, CostSimCBStateModel, UTCDateTime
 
 Q = CostSimAlertQueueModel
 State = CostSimCBStateModel
@@ -387,6 +390,54 @@ _RECORD_SQLITE_FENCE = (
 )
 
 
+def _rearm(row_id: Any, payload: Any) -> Any:
+    """Re-arm sent or failed rows: each gets its new payload, due ``:now``, counted as
+    enqueued anew. Not while a newer pending row has its labels (someone else's newer state
+    must not be overtaken); the partial pending-fingerprint index serves that probe.
+
+    One statement for a whole batch on both backends; only where the (id, payload) pairs
+    come from differs: ``row_id`` and ``payload`` are columns of a table-valued function.
+    """
+    newer = aliased(Q)
+    now = bindparam("now", type_=UTCDateTime())
+    return (
+        update(Q)
+        .where(
+            Q.id == row_id,
+            # Literals, not parameters: a generic plan must still see the partial index.
+            # coalesce (status is never NULL) keeps a status index from driving the update:
+            # with the seed's (dropped in 0005) and no statistics, SQLite walked every sent
+            # row and json_each for each (9x the CPU).
+            func.coalesce(Q.status, literal_column("''")).in_(
+                [literal_column(f"'{SENT}'"), literal_column(f"'{FAILED}'")]
+            ),
+            ~exists().where(
+                newer.fingerprint == Q.fingerprint,
+                newer.id > Q.id,
+                newer.status == literal_column(f"'{PENDING}'"),
+            ),
+        )
+        .values(rearm_values(payload, now))
+        .returning(Q.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# PostgreSQL: the pairs as two arrays, unnested side by side.
+_PG_ROWS = (
+    func.unnest(bindparam("ids", type_=ARRAY(BigInteger)), bindparam("payloads", type_=ARRAY(Text)))
+    .table_valued(column("id", BigInteger), column("payload", Text))
+    .render_derived(name="v")
+)
+_REARM_PG = _rearm(_PG_ROWS.c.id, cast(_PG_ROWS.c.payload, JSONB))
+# SQLite: the pairs as one JSON array of [id, payload], walked by json_each.
+_SQLITE_ROWS = func.json_each(bindparam("rows", type_=Text)).table_valued("value").alias("v")
+_REARM_SQLITE = _rearm(
+    func.json_extract(_SQLITE_ROWS.c.value, "$[0]"),
+    func.json_extract(_SQLITE_ROWS.c.value, "$[1]"),
+)
+
+
 # ---------------------------------------------------------------------------- dialects
 
 
@@ -420,6 +471,12 @@ class Dialect:
 
     def states_insert_ignore(self, values: dict[str, Any]) -> Any:
         """``INSERT`` of a breaker state row that does nothing if the name exists."""
+        raise NotImplementedError
+
+    def rearm_params(
+        self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
+    ) -> tuple[Any, dict[str, Any]]:
+        """The re-arm statement (:func:`_rearm`) and its parameters for ``rows``."""
         raise NotImplementedError
 
 
@@ -476,6 +533,13 @@ class PostgresDialect(Dialect):
 
     def states_insert_ignore(self, values: dict[str, Any]) -> Any:
         return pg_insert(State).values(**values).on_conflict_do_nothing(index_elements=["name"])
+
+    def rearm_params(
+        self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
+    ) -> tuple[Any, dict[str, Any]]:
+        ids = [i for i, _ in rows]
+        payloads = [json.dumps(p, separators=(",", ":")) for _, p in rows]
+        return _REARM_PG, {"ids": ids, "payloads": payloads, "now": now}
 
 
 class SqliteDialect(Dialect):
@@ -537,6 +601,11 @@ class SqliteDialect(Dialect):
 
     def states_insert_ignore(self, values: dict[str, Any]) -> Any:
         return sqlite_insert(State).values(**values).on_conflict_do_nothing(index_elements=["name"])
+
+    def rearm_params(
+        self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
+    ) -> tuple[Any, dict[str, Any]]:
+        return _REARM_SQLITE, {"rows": json.dumps(list(rows), separators=(",", ":")), "now": now}
 
 
 _DIALECTS: dict[str, Dialect] = {d.name: d for d in (PostgresDialect(), SqliteDialect())}
