@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from alertq.driver.sql import aware
 from alertq.models import AlertStatus, CostSimAlertQueueModel, UTCDateTime
 
 __all__ = ["IntakeDriver", "IntakeRow", "IntakeSource", "LatestRow"]
@@ -181,7 +182,7 @@ class IntakeDriver:
             .limit(limit)
         )
         return [
-            IntakeSource(addr, agent, int(rows), int(pending), _aware(last_at))
+            IntakeSource(addr, agent, int(rows), int(pending), aware(last_at))
             for addr, agent, rows, pending, last_at in (await self.session.execute(stmt)).all()
         ]
 
@@ -218,11 +219,4 @@ class IntakeDriver:
             .limit(limit)
         )
         rows = (await self.session.execute(stmt)).all()
-        return [LatestRow(int(i), list(p), _aware(c)) for i, p, c in rows]
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite returns an aggregate's timestamp as naive text-parsed UTC.
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return [LatestRow(int(i), list(p), aware(c)) for i, p, c in rows]

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     BigInteger,
@@ -56,7 +56,11 @@ def rowcount(result: Any) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
-def aware(value: datetime | None) -> datetime | None:
+@overload
+def aware(value: datetime | str) -> datetime: ...
+@overload
+def aware(value: datetime | str | None) -> datetime | None: ...
+def aware(value: datetime | str | None) -> datetime | None:
     # Aggregates bypass the column type, so SQLite hands back naive values or strings.
     if value is None:
         return None
