@@ -26,7 +26,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +160,9 @@ def main() -> None:
                     f"(load {os.getloadavg()[0]:.2f})",
                     flush=True,
                 )
-    print(
-        f"\nstart-up + shutdown CPU (empty drain): {', '.join(f'{k} {v:.2f} s' for k, v in idle.items())}"
-    )
-    print(f"\n| variant | worker ms / 256 rows | postgres ms / 256 rows | steady rows/s |")
+    startup = ", ".join(f"{k} {v:.2f} s" for k, v in idle.items())
+    print(f"\nstart-up + shutdown CPU (empty drain): {startup}")
+    print("\n| variant | worker ms / 256 rows | postgres ms / 256 rows | steady rows/s |")
     print("|---|---|---|---|")
     for name, got in results.items():
         cells = [
@@ -172,7 +170,6 @@ def main() -> None:
             for v in (got["worker"], got["postgres"])
         ]
         print(f"| {name} | {cells[0]} | {cells[1]} | {fmt(statistics.median(got['steady']))} |")
-    _ = time
 
 
 if __name__ == "__main__":
