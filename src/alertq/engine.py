@@ -365,9 +365,14 @@ class AlertWorker:
         """POST every row to each target that has not accepted it yet."""
         targets = client.targets
         groups: dict[tuple[str, ...], list[ClaimedAlert]] = defaultdict(list)
+        everyone = tuple(targets)
         for row in rows:
-            missing = tuple(t for t in targets if t not in row.delivered_to)
-            groups[missing or tuple(targets)].append(row)
+            # Usually no target has the row yet: skip the per-target walk.
+            if row.delivered_to:
+                missing = tuple(t for t in targets if t not in row.delivered_to)
+                groups[missing or everyone].append(row)
+            else:
+                groups[everyone].append(row)
         jobs = [
             self._deliver_chunk(client, chunk, list(missing))
             for missing, group in groups.items()
@@ -540,13 +545,14 @@ class AlertWorker:
     ) -> None:
         """Stats and metrics of one recorded cycle, each counter bumped once."""
         sent = retried = 0
+        waited: list[float] = []
         for row in rows:
             if row.id not in applied:
                 continue
             d = decisions[row.id]
             if d.verdict is Verdict.SENT:
                 sent += 1
-                metrics.ENQUEUE_TO_SENT.observe(max(0.0, (now - row.created_at).total_seconds()))
+                waited.append(max(0.0, (now - row.created_at).total_seconds()))
             elif d.verdict is Verdict.RETRY:
                 retried += 1
             else:
@@ -556,6 +562,7 @@ class AlertWorker:
         if sent:
             self.stats.sent += sent
             metrics.ROWS_SENT.inc(sent)
+            metrics.observe_many(metrics.ENQUEUE_TO_SENT, waited)
         if retried:
             self.stats.retried += retried
             metrics.ROWS_RETRIED.inc(retried)

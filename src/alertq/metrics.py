@@ -3,7 +3,9 @@ server exposes them at ``/metrics``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -120,3 +122,28 @@ MANAGED_RESOLVED = Counter(
 HEARTBEATS_MISSED = Counter(
     "alertq_heartbeats_missed_total", "Heartbeats that missed their deadline (fired once each)."
 )
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """``histogram.observe(a)`` for every amount, with one increment per bucket touched.
+
+    The worker observes every sent row's enqueue-to-sent time: 256 ``observe`` calls per
+    cycle (a lock and a walk over the buckets each) cost about 0.3 ms of CPU. This counts
+    the amounts per bucket first. It reads the histogram's bucket bounds and values, which
+    prometheus_client keeps in private attributes; without them it falls back to
+    ``observe`` (``tests/unit/test_metrics.py`` holds both to the same result).
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    values = list(amounts)
+    if not values:
+        return
+    # observe() counts an amount in the first bucket whose bound is >= it; the last is +Inf.
+    for index, count in Tally(bisect_left(bounds, v) for v in values).items():
+        buckets[min(index, len(buckets) - 1)].inc(count)
+    total.inc(sum(values))

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 from sqlalchemy import (
     BigInteger,
@@ -325,9 +324,9 @@ check against an ABC per element); one text parameter costs a few µs."""
 _SAME = attrgetter("status", "last_error", "sent_at", "next_attempt_at")
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What to write on one leased row when its cycle is recorded."""
+class Outcome(NamedTuple):
+    """What to write on one leased row when its cycle is recorded (one per row: a named
+    tuple, cheaper to build than a frozen dataclass)."""
 
     id: int
     status: str
