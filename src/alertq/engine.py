@@ -545,24 +545,26 @@ class AlertWorker:
     ) -> None:
         """Stats and metrics of one recorded cycle, each counter bumped once."""
         sent = retried = 0
-        waited: list[float] = []
+        created: list[datetime] = []
         for row in rows:
             if row.id not in applied:
                 continue
             d = decisions[row.id]
             if d.verdict is Verdict.SENT:
-                sent += 1
-                waited.append(max(0.0, (now - row.created_at).total_seconds()))
+                created.append(row.created_at)
             elif d.verdict is Verdict.RETRY:
                 retried += 1
             else:
                 self.stats.failed += 1
                 metrics.ROWS_DEAD_LETTERED.labels(d.reason or "unknown").inc()
                 log.error("row %d failed (%s): %s", row.id, d.reason, d.error)
-        if sent:
+        if created:
+            sent = len(created)
             self.stats.sent += sent
             metrics.ROWS_SENT.inc(sent)
-            metrics.observe_many(metrics.ENQUEUE_TO_SENT, waited)
+            metrics.observe_many(
+                metrics.ENQUEUE_TO_SENT, [(now - c).total_seconds() for c in created], floor=0.0
+            )
         if retried:
             self.stats.retried += retried
             metrics.ROWS_RETRIED.inc(retried)

@@ -3,8 +3,7 @@ server exposes them at ``/metrics``."""
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections import Counter as Tally
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -124,8 +123,11 @@ HEARTBEATS_MISSED = Counter(
 )
 
 
-def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
-    """``histogram.observe(a)`` for every amount, with one increment per bucket touched.
+def observe_many(
+    histogram: Histogram, amounts: Iterable[float], *, floor: float | None = None
+) -> None:
+    """``histogram.observe(a)`` for every amount (raised to ``floor`` if below it), with
+    one increment per bucket touched.
 
     The worker observes every sent row's enqueue-to-sent time: 256 ``observe`` calls per
     cycle (a lock and a walk over the buckets each) cost about 0.3 ms of CPU. This counts
@@ -136,14 +138,22 @@ def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)
+    values = sorted(amounts)
+    if floor is not None and values and values[0] < floor:
+        low = bisect_left(values, floor)
+        values[:low] = [floor] * low
     if bounds is None or buckets is None or total is None:
-        for amount in amounts:
+        for amount in values:
             histogram.observe(amount)
         return
-    values = list(amounts)
     if not values:
         return
-    # observe() counts an amount in the first bucket whose bound is >= it; the last is +Inf.
-    for index, count in Tally(bisect_left(bounds, v) for v in values).items():
-        buckets[min(index, len(buckets) - 1)].inc(count)
+    # observe() counts an amount in the first bucket whose bound is >= it (the last bound
+    # is +Inf): bucket i gets the amounts <= bounds[i] that no earlier bucket took.
+    below = 0
+    for bucket, bound in zip(buckets, bounds, strict=True):
+        upto = bisect_right(values, bound, lo=below)
+        if upto > below:
+            bucket.inc(upto - below)
+            below = upto
     total.inc(sum(values))

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from alertq import metrics
 from alertq.db import transaction
 from alertq.delivery import AlertmanagerClient
 from alertq.driver import Outcome, get_alert_driver, get_queue_driver
@@ -161,6 +162,25 @@ async def test_a_record_whose_rows_share_one_outcome_is_fenced_and_complete(
         assert got[i].delivered_to == targets[n]
         assert got[i].leased_until is None and got[i].leased_by is None
     assert (got[unclaimed].status, got[unclaimed].sent_at) == ("pending", None)
+
+
+def enqueue_to_sent() -> tuple[float, float]:
+    """The count and sum of the enqueue-to-sent histogram so far (the registry is global)."""
+    got = {s.name: s.value for m in metrics.ENQUEUE_TO_SENT.collect() for s in m.samples}
+    return got["alertq_enqueue_to_sent_seconds_count"], got["alertq_enqueue_to_sent_seconds_sum"]
+
+
+async def test_every_sent_row_is_observed_once_in_the_enqueue_to_sent_histogram(
+    db_url: str, session_factory: Factory, stub: StubAlertmanager
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    await enqueue_many(session_factory, 5, now=clock() - timedelta(seconds=2))
+    worker = AlertWorker(worker_settings(db_url, stub.url), session_factory, clock=clock)
+    count, total = enqueue_to_sent()
+    assert await once(worker) == 5
+    after_count, after_total = enqueue_to_sent()
+    assert after_count - count == 5
+    assert after_total - total == pytest.approx(5 * 2.0, abs=0.5)
 
 
 async def test_stored_payloads_are_posted_as_stored_without_re_encoding(

@@ -30,3 +30,27 @@ def test_observe_many_matches_observe_for_each_amount_on_bounds_and_beyond() -> 
     got = {(n.replace("many", "one"), le): v for (n, le), v in samples(many).items()}
     assert got == samples(one)
     assert samples(one)[("one_seconds_count", "")] == len(amounts)
+
+
+def test_observe_many_raises_amounts_below_the_floor_to_it() -> None:
+    amounts = [-3.0, -0.001, 0.0, 0.004, 7.0]
+    one = Histogram("one_seconds", "one", buckets=BUCKETS, registry=CollectorRegistry())
+    many = Histogram("many_seconds", "many", buckets=BUCKETS, registry=CollectorRegistry())
+    for amount in amounts:
+        one.observe(max(0.0, amount))
+    metrics.observe_many(many, amounts, floor=0.0)
+    got = {(n.replace("many", "one"), le): v for (n, le), v in samples(many).items()}
+    assert got == samples(one)
+
+
+def test_observe_many_falls_back_to_observe_without_the_private_attributes() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, amount: float) -> None:
+            self.seen.append(amount)
+
+    plain = Plain()
+    metrics.observe_many(plain, [2.0, -1.0, 1.0], floor=0.0)  # type: ignore[arg-type]
+    assert sorted(plain.seen) == [0.0, 1.0, 2.0]
