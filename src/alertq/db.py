@@ -225,8 +225,51 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     if url.get_backend_name() == "postgresql" and url.get_driver_name() != "asyncpg":
         url = url.set(drivername="postgresql+asyncpg")
     kwargs.setdefault("pool_size", settings.db_pool_size)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(url, **kwargs)
+    if kwargs.get("pool_pre_ping"):
+        return create_async_engine(url, **kwargs)
+    kwargs["pool_pre_ping"] = False
+    engine = create_async_engine(url, **kwargs)
+    _check_on_checkout(engine)
+    return engine
+
+
+PING_AFTER_REST = 1.0
+"""Seconds a pooled PostgreSQL connection may rest before its checkout pings the server."""
+
+_RESTED_SINCE = "alertq_rested_since"
+
+
+def _check_on_checkout(engine: AsyncEngine) -> None:
+    """Hand out only live connections, without a round trip on the worker's hot path.
+
+    SQLAlchemy's ``pool_pre_ping`` costs three round trips per checkout (BEGIN, ping,
+    ROLLBACK), once per delivery cycle. A server that restarts or ends a backend closes
+    its socket, and asyncpg marks the connection closed as soon as the event loop reads
+    that: checking the flag costs nothing. Only a connection that rested longer than
+    :data:`PING_AFTER_REST` (an idle loop's, where a round trip costs nothing) is pinged,
+    for what no close reached (a dropped network path). A connection that fails either
+    check is replaced before the caller sees it (``DisconnectionError``).
+    """
+    sync = engine.sync_engine
+    dialect = sync.dialect
+
+    def rested(_dbapi_conn: Any, record: Any, *_: Any) -> None:
+        record.info[_RESTED_SINCE] = time.monotonic()
+
+    def checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if dbapi_conn.driver_connection.is_closed():
+            raise sa_exc.DisconnectionError("connection closed by the server")
+        since = record.info.get(_RESTED_SINCE)
+        if since is not None and time.monotonic() - since < PING_AFTER_REST:
+            return
+        try:
+            dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise sa_exc.DisconnectionError(describe_error(exc)) from exc
+
+    event.listen(sync, "connect", rested)
+    event.listen(sync, "checkin", rested)
+    event.listen(sync, "checkout", checkout)
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

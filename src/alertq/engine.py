@@ -365,9 +365,14 @@ class AlertWorker:
         """POST every row to each target that has not accepted it yet."""
         targets = client.targets
         groups: dict[tuple[str, ...], list[ClaimedAlert]] = defaultdict(list)
+        everyone = tuple(targets)
         for row in rows:
-            missing = tuple(t for t in targets if t not in row.delivered_to)
-            groups[missing or tuple(targets)].append(row)
+            # Usually no target has the row yet: skip the per-target walk.
+            if row.delivered_to:
+                missing = tuple(t for t in targets if t not in row.delivered_to)
+                groups[missing or everyone].append(row)
+            else:
+                groups[everyone].append(row)
         jobs = [
             self._deliver_chunk(client, chunk, list(missing))
             for missing, group in groups.items()
@@ -540,22 +545,26 @@ class AlertWorker:
     ) -> None:
         """Stats and metrics of one recorded cycle, each counter bumped once."""
         sent = retried = 0
+        created: list[datetime] = []
         for row in rows:
             if row.id not in applied:
                 continue
             d = decisions[row.id]
             if d.verdict is Verdict.SENT:
-                sent += 1
-                metrics.ENQUEUE_TO_SENT.observe(max(0.0, (now - row.created_at).total_seconds()))
+                created.append(row.created_at)
             elif d.verdict is Verdict.RETRY:
                 retried += 1
             else:
                 self.stats.failed += 1
                 metrics.ROWS_DEAD_LETTERED.labels(d.reason or "unknown").inc()
                 log.error("row %d failed (%s): %s", row.id, d.reason, d.error)
-        if sent:
+        if created:
+            sent = len(created)
             self.stats.sent += sent
             metrics.ROWS_SENT.inc(sent)
+            metrics.observe_many(
+                metrics.ENQUEUE_TO_SENT, [(now - c).total_seconds() for c in created], floor=0.0
+            )
         if retried:
             self.stats.retried += retried
             metrics.ROWS_RETRIED.inc(retried)

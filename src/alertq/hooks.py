@@ -11,9 +11,8 @@ knows nothing about incidents.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,9 +21,8 @@ from alertq.driver import ClaimedAlert
 from alertq.policy import Decision
 
 
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """One delivered row whose outcome was recorded."""
+class Recorded(NamedTuple):
+    """One delivered row whose outcome was recorded (one per row: a named tuple)."""
 
     row: ClaimedAlert
     decision: Decision

@@ -3,7 +3,8 @@ server exposes them at ``/metrics``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -120,3 +121,39 @@ MANAGED_RESOLVED = Counter(
 HEARTBEATS_MISSED = Counter(
     "alertq_heartbeats_missed_total", "Heartbeats that missed their deadline (fired once each)."
 )
+
+
+def observe_many(
+    histogram: Histogram, amounts: Iterable[float], *, floor: float | None = None
+) -> None:
+    """``histogram.observe(a)`` for every amount (raised to ``floor`` if below it), with
+    one increment per bucket touched.
+
+    The worker observes every sent row's enqueue-to-sent time: 256 ``observe`` calls per
+    cycle (a lock and a walk over the buckets each) cost about 0.3 ms of CPU. This counts
+    the amounts per bucket first. It reads the histogram's bucket bounds and values, which
+    prometheus_client keeps in private attributes; without them it falls back to
+    ``observe`` (``tests/unit/test_metrics.py`` holds both to the same result).
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    values = sorted(amounts)
+    if floor is not None and values and values[0] < floor:
+        low = bisect_left(values, floor)
+        values[:low] = [floor] * low
+    if bounds is None or buckets is None or total is None:
+        for amount in values:
+            histogram.observe(amount)
+        return
+    if not values:
+        return
+    # observe() counts an amount in the first bucket whose bound is >= it (the last bound
+    # is +Inf): bucket i gets the amounts <= bounds[i] that no earlier bucket took.
+    below = 0
+    for bucket, bound in zip(buckets, bounds, strict=True):
+        upto = bisect_right(values, bound, lo=below)
+        if upto > below:
+            bucket.inc(upto - below)
+            below = upto
+    total.inc(sum(values))

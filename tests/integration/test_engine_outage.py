@@ -7,14 +7,21 @@ import asyncio
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
+import alertq.db
 from alertq.config import Settings
 from alertq.db import DatabaseOutage, DatabaseUnreachable, create_engine, create_session_factory
 from alertq.engine import AlertWorker
+from tests.integration.test_engine import enqueue_many, once, worker_settings
 from tests.support import free_port
 from tests.support.processes import wait_until
+from tests.support.stub import StubAlertmanager
 
 
 class FakeMonotonic:
@@ -135,5 +142,52 @@ async def test_drain_waits_out_the_default_bound_then_gives_up() -> None:
     try:
         with pytest.raises(DatabaseUnreachable):
             await asyncio.wait_for(worker.run(asyncio.Event(), drain=True), 60)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("ping_after_rest", [3600.0, 0.0], ids=["closed-flag", "ping"])
+async def test_connections_the_server_ended_are_replaced_before_a_cycle_uses_them(
+    db_url: str, stub: StubAlertmanager, monkeypatch: pytest.MonkeyPatch, ping_after_rest: float
+) -> None:
+    # What a PostgreSQL restart does to a worker's pool: every pooled backend is ended. The
+    # next cycle must get live connections (no failed cycle, no batch left leased), with
+    # no round trip per checkout: a connection whose close was read is replaced at once
+    # (closed-flag); one that rested is pinged first (ping: every checkout pings).
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL backends only")
+    monkeypatch.setattr(alertq.db, "PING_AFTER_REST", ping_after_rest)
+    settings = worker_settings(db_url, stub.url)
+    engine = create_engine(settings)
+    pooled: list[Any] = []
+    event.listen(
+        engine.sync_engine, "connect", lambda conn, _r: pooled.append(conn.driver_connection)
+    )
+    factory = create_session_factory(engine)
+    worker = AlertWorker(settings, factory)
+    try:
+        await enqueue_many(factory, 2)
+        assert await once(worker) == 2
+        admin = await asyncpg.connect(
+            make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+        try:
+            ended = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        assert ended >= 1
+        if ping_after_rest > 60:
+            await wait_until(
+                lambda: all(c.is_closed() for c in pooled),
+                within=10,
+                message="asyncpg did not see the server close its connections",
+            )
+        await enqueue_many(factory, 2, prefix="B")
+        assert await once(worker) == 2
+        assert worker.stats.sent == 4 and worker.stats.fenced == 0
+        assert len(stub.received_alerts()) == 4
     finally:
         await engine.dispose()

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from alertq import metrics
 from alertq.db import transaction
 from alertq.delivery import AlertmanagerClient
 from alertq.driver import Outcome, get_alert_driver, get_queue_driver
@@ -136,6 +137,50 @@ async def test_sent_failed_retried_and_superseded_rows_are_written_by_one_record
     assert r[3].next_attempt_at == now + timedelta(seconds=30)  # left as the claim set it
     assert r[4].delivered_to == ["am1", "am2"]
     assert all(x.leased_until is None and x.leased_by is None for x in r)
+
+
+@pytest.mark.parametrize("same_delivered_to", [True, False])
+async def test_a_record_whose_rows_share_one_outcome_is_fenced_and_complete(
+    db_url: str, session_factory: Factory, same_delivered_to: bool
+) -> None:
+    # A delivered batch (every row sent alike) takes PostgreSQL's one-outcome statement;
+    # rows whose targets differ do not, and each keeps its own.
+    now = datetime.now(UTC)
+    ids = await enqueue_many(session_factory, 4, now=now)
+    async with transaction(session_factory) as s:
+        await get_queue_driver(s).alerts_claim(now, 3, now + timedelta(seconds=30), 7, "w")
+    claimed, unclaimed = ids[:3], ids[3]
+    targets = [["am1", "am2"] if same_delivered_to or i != claimed[1] else ["am2"] for i in ids]
+    outcomes = [Outcome(i, "sent", None, list(targets[n]), sent_at=now) for n, i in enumerate(ids)]
+    async with transaction(session_factory) as s:
+        assert await get_queue_driver(s).alerts_record(8, outcomes) == []
+        assert await get_queue_driver(s).alerts_record(7, outcomes) == claimed
+        assert await get_queue_driver(s).alerts_record(7, outcomes) == []
+    got = await rows(session_factory)
+    for n, i in enumerate(claimed):
+        assert (got[i].status, got[i].sent_at, got[i].last_error) == ("sent", now, None)
+        assert got[i].delivered_to == targets[n]
+        assert got[i].leased_until is None and got[i].leased_by is None
+    assert (got[unclaimed].status, got[unclaimed].sent_at) == ("pending", None)
+
+
+def enqueue_to_sent() -> tuple[float, float]:
+    """The count and sum of the enqueue-to-sent histogram so far (the registry is global)."""
+    got = {s.name: s.value for m in metrics.ENQUEUE_TO_SENT.collect() for s in m.samples}
+    return got["alertq_enqueue_to_sent_seconds_count"], got["alertq_enqueue_to_sent_seconds_sum"]
+
+
+async def test_every_sent_row_is_observed_once_in_the_enqueue_to_sent_histogram(
+    db_url: str, session_factory: Factory, stub: StubAlertmanager
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    await enqueue_many(session_factory, 5, now=clock() - timedelta(seconds=2))
+    worker = AlertWorker(worker_settings(db_url, stub.url), session_factory, clock=clock)
+    count, total = enqueue_to_sent()
+    assert await once(worker) == 5
+    after_count, after_total = enqueue_to_sent()
+    assert after_count - count == 5
+    assert after_total - total == pytest.approx(5 * 2.0, abs=0.5)
 
 
 async def test_stored_payloads_are_posted_as_stored_without_re_encoding(

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, overload
+from operator import attrgetter
+from typing import Any, NamedTuple, overload
 
 from sqlalchemy import (
     BigInteger,
@@ -306,10 +306,27 @@ UPDATE costsim_alert_queue AS q
 RETURNING q.id"""
 """Every outcome of a cycle in one statement, one array element per row; fenced."""
 
+PG_RECORD_SAME = """\
+UPDATE costsim_alert_queue AS q
+   SET status = $2,
+       sent_at = coalesce($3, q.sent_at),
+       next_attempt_at = coalesce($4, q.next_attempt_at),
+       last_error = $5,
+       delivered_to = coalesce($6::jsonb, q.delivered_to),
+       leased_until = NULL, leased_by = NULL
+ WHERE q.id = ANY($1::text::bigint[]) AND q.lease_token = $7 AND q.status = 'pending'
+RETURNING q.id"""
+""":data:`PG_RECORD` for a cycle whose rows all have the same outcome (a batch that was
+delivered: the usual case), with the ids as one array literal. Encoding ``PG_RECORD``'s six
+binary arrays cost asyncpg about 0.45 ms of client CPU per 256 rows (a Python ``isinstance``
+check against an ABC per element); one text parameter costs a few µs."""
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What to write on one leased row when its cycle is recorded."""
+_SAME = attrgetter("status", "last_error", "sent_at", "next_attempt_at")
+
+
+class Outcome(NamedTuple):
+    """What to write on one leased row when its cycle is recorded (one per row: a named
+    tuple, cheaper to build than a frozen dataclass)."""
 
     id: int
     status: str
@@ -336,16 +353,37 @@ async def pg_connection(session: AsyncSession) -> Any:
     return raw.driver_connection
 
 
+def _delivered_json(value: Sequence[str] | None, encoded: dict[tuple[str, ...], str]) -> str | None:
+    if value is None:
+        return None
+    key = tuple(value)
+    if key not in encoded:
+        encoded[key] = json.dumps(list(key))
+    return encoded[key]
+
+
+def _same_outcome(outcomes: Sequence[Outcome]) -> bool:
+    """Whether every outcome writes the same values (only the ids differ)."""
+    first = outcomes[0]
+    if len(set(map(_SAME, outcomes))) != 1:
+        return False
+    delivered = first.delivered_to
+    return all(
+        o.delivered_to is delivered
+        or (
+            o.delivered_to is not None
+            and delivered is not None
+            and tuple(o.delivered_to) == tuple(delivered)
+        )
+        for o in outcomes
+    )
+
+
 def _record_params(outcomes: Sequence[Outcome]) -> list[list[Any]]:
     encoded: dict[tuple[str, ...], str] = {}
 
     def delivered(value: Sequence[str] | None) -> str | None:
-        if value is None:
-            return None
-        key = tuple(value)
-        if key not in encoded:
-            encoded[key] = json.dumps(list(key))
-        return encoded[key]
+        return _delivered_json(value, encoded)
 
     return [
         [o.id for o in outcomes],
@@ -508,7 +546,20 @@ class PostgresDialect(Dialect):
         if not outcomes:
             return []
         conn = await pg_connection(session)
-        rows = await conn.fetch(PG_RECORD, *_record_params(outcomes), lease_token)
+        if _same_outcome(outcomes):
+            o = outcomes[0]
+            rows = await conn.fetch(
+                PG_RECORD_SAME,
+                "{" + ",".join([str(x.id) for x in outcomes]) + "}",
+                o.status,
+                o.sent_at,
+                o.next_attempt_at,
+                o.last_error,
+                _delivered_json(o.delivered_to, {}),
+                lease_token,
+            )
+        else:
+            rows = await conn.fetch(PG_RECORD, *_record_params(outcomes), lease_token)
         return sorted(r[0] for r in rows)
 
     async def alerts_enqueue(
