@@ -153,7 +153,7 @@ def _median(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--db", default="postgresql+asyncpg://postgres@127.0.0.1:5432/intake2_asgi")
+    parser.add_argument("--db", help="a migrated database (default: a throw-away one)")
     parser.add_argument("--bodies", type=int, default=40, help="bodies per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=256)
@@ -161,6 +161,18 @@ def main() -> None:
     parser.add_argument("--ab", nargs="+", help="src directories to alternate (PYTHONPATH)")
     parser.add_argument("--turns", type=int, default=3, help="with --ab: turns per checkout")
     ns = parser.parse_args()
+    if ns.db is None:
+        sys.path.insert(0, str(HERE))
+        from _common import pg_database  # type: ignore[import-not-found]
+
+        with pg_database() as url:
+            ns.db = url
+            _run(ns)
+    else:
+        _run(ns)
+
+
+def _run(ns: argparse.Namespace) -> None:
     if not ns.ab:
         text = asyncio.run(_measure(ns.db, ns.bodies, ns.rounds, ns.size, bool(ns.profile)))
         if ns.profile:
