@@ -321,7 +321,10 @@ def keep_analyzed(db_url: str, every: float = 2.0) -> Iterator[None]:
     stop = threading.Event()
 
     async def loop() -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(db_url))
+        # Named, so that pg_backend_ticks leaves its CPU out.
+        conn = await asyncpg.connect(
+            asyncpg_dsn(db_url), server_settings={"application_name": ANALYZE_APP}
+        )
         try:
             while not stop.is_set():
                 # Only the columns the claim plans with: the payload's statistics are costly.
@@ -339,6 +342,39 @@ def keep_analyzed(db_url: str, every: float = 2.0) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+ANALYZE_APP = "alertq-bench-analyze"
+
+
+async def _pg_backends(db_url: str) -> list[int]:
+    conn = await asyncpg.connect(asyncpg_dsn(db_url))
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND application_name <> $1",
+            ANALYZE_APP,
+        )
+    finally:
+        await conn.close()
+    return [int(pid) for (pid,) in rows]
+
+
+def pg_backend_ticks(db_url: str) -> dict[int, int]:
+    """User + system CPU ticks of each PostgreSQL backend of the bench database so far
+    (``/proc/PID/stat``), but the stand-in autovacuum's and the query's own."""
+    ticks = {}
+    for pid in asyncio.run(_pg_backends(db_url)):
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def pg_cpu_seconds(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU of the backends between two readings; one that started in between counts whole."""
+    ticks = sum(t - before.get(pid, 0) for pid, t in after.items())
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(processes: list[subprocess.Popen[bytes]]) -> float:
@@ -404,6 +440,7 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                         used = servers[: 2 if system == "alertq x2" else 1]
                         ports = [used[i % len(used)].port for i in range(a.senders)]
                         procs = [x.process for x in used]
+                    pg_before = pg_backend_ticks(db_url) if system != "alertmanager" else {}
                     cpu_before = cpu_seconds(procs)
                     elapsed, lat = asyncio.run(closed_loop(ports, work))
                     cpu_sent = cpu_seconds(procs) - cpu_before
@@ -423,6 +460,12 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                         result[system]["delivered_after_s"] = asyncio.run(wait_delivered(db_url))
                         result[system]["cpu_ms_per_body_delivered"] = (
                             (cpu_seconds(procs) - cpu_before) * 1000 / (a.senders * a.batches)
+                        )
+                        # PostgreSQL's side of the same bodies: the intake's inserts and
+                        # the worker's claims and records, until everything is delivered.
+                        pg_after = pg_backend_ticks(db_url)
+                        result[system]["pg_cpu_ms_per_body_delivered"] = (
+                            pg_cpu_seconds(pg_before, pg_after) * 1000 / (a.senders * a.batches)
                         )
                     print(
                         f"run {r + 1} {system}: {n / elapsed:,.0f} alerts/s "
@@ -462,6 +505,11 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                     if system != "alertmanager"
                     else ""
                 ),
+                (
+                    fmt(median(col(system, "pg_cpu_ms_per_body_delivered")), 1)
+                    if system != "alertmanager"
+                    else ""
+                ),
                 target,
             ]
         )
@@ -472,6 +520,7 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
                 f"ratio {system} / Alertmanager",
                 f"{median(ratios):.2f}",
                 f"{min(ratios):.2f}–{max(ratios):.2f}",
+                "",
                 "",
                 "",
                 "",
@@ -491,6 +540,7 @@ def part_throughput(a: Args, report: Report, db_url: str, workdir: Path) -> None
             "POST p99 ms",
             "server CPU ms per body",
             "… until delivered",
+            "PostgreSQL CPU ms per body until delivered",
             "target",
         ],
         rows,

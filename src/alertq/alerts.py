@@ -490,25 +490,32 @@ def label_fingerprint(labels: Mapping[str, str]) -> str:
 
 
 # label_fingerprints: each label set's FNV state in its own lane of one Python int, so one
-# big-int step advances every set by a byte. 128-bit lanes hold a 64-bit state times the
-# 41-bit prime without carrying into the next lane.
-_LANE = 16
-_LANE_OFFSET = _FNV64_OFFSET.to_bytes(8, "little") + bytes(8)
-_LANE_MASK = b"\xff" * 8 + bytes(8)
+# big-int step advances every set by a byte. 112-bit lanes hold a 64-bit state times the
+# 41-bit prime (105 bits) without carrying into the next lane.
+_LANE = 14
+_LANE_OFFSET = _FNV64_OFFSET.to_bytes(8, "little") + bytes(_LANE - 8)
+_LANE_MASK = b"\xff" * 8 + bytes(_LANE - 8)
 _SWAR_SETS = 256  # sets per int
 _SWAR_MAX_BYTES = 1024  # a longer set is hashed alone (its row of the grid would be large)
 _SWAR_TAIL = 4  # so few sets left: finish them one by one
 
 
 def _fnv_input(labels: Mapping[str, str]) -> bytes:
+    # One join and one encode, NUL standing in for the separator 0xff (never in UTF-8);
+    # byte by byte only when a label holds a NUL of its own.
+    parts = [f"{n}\0{v}\0" for n in sorted(labels) if (v := labels[n]) != ""]
+    text = "".join(parts)
+    if text.count("\0") != 2 * len(parts):  # a name or value holds NUL itself
+        return _fnv_input_with_nul(labels)
+    return text.encode("utf-8").replace(b"\0", b"\xff")
+
+
+def _fnv_input_with_nul(labels: Mapping[str, str]) -> bytes:
     out = bytearray()
     for name in sorted(labels):
         value = labels[name]
         if value != "":
-            out += name.encode("utf-8")
-            out += b"\xff"
-            out += value.encode("utf-8")
-            out += b"\xff"
+            out += name.encode("utf-8") + b"\xff" + value.encode("utf-8") + b"\xff"
     return bytes(out)
 
 

@@ -16,7 +16,6 @@ Alertmanager.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import importlib.metadata
@@ -29,22 +28,27 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.routing import Route
 
 from alertq import metrics, wakeup
 from alertq.config import Settings
 from alertq.db import transaction
 from alertq.driver.intake import IntakeDriver, IntakeRow
-from alertq.intake import parse_alerts_body, parse_common, parse_exact
+from alertq.intake import parse_alerts_body_async
 from alertq.logs import escape_control
 from alertq.opsview import OpsContext, describe_db_error
 
-__all__ = ["RELAY_ALERT_TYPE", "intake_auth_enabled", "intake_auth_scheme", "router"]
+__all__ = [
+    "RELAY_ALERT_TYPE",
+    "intake_auth_enabled",
+    "intake_auth_scheme",
+    "intake_route",
+    "router",
+]
 
 log = logging.getLogger("alertq.relay")
 
 RELAY_ALERT_TYPE = "relay"
-INLINE_PARSE_BYTES = 128 * 1024
-"""Bodies up to this size try the fast path on the event loop (at most ~15 ms of CPU)."""
 MAX_AGENT_CHARS = 200
 _JSON_TYPES = ("application/json",)
 
@@ -105,11 +109,6 @@ def _source(request: Request) -> tuple[str | None, str | None]:
     return addr, escape_control(agent)[:MAX_AGENT_CHARS]
 
 
-@router.post(
-    "/api/v2/alerts",
-    summary="Alertmanager's POST /api/v2/alerts: store alerts durably, then answer.",
-    response_class=Response,
-)
 async def post_alerts(request: Request) -> Response:
     """Alertmanager 0.25's answers: 200 empty; 400 ``{"code":400,...}`` for a body that
     is not JSON alerts; 422 ``{"code":6xx,...}`` for a schema error; 400 with a JSON string
@@ -139,15 +138,9 @@ async def _post_alerts(request: Request) -> Response:
             f'unsupported media type "{media[:100]}", only [application/json] are allowed',
         )
     raw = await request.body()
-    limit = settings.intake_max_alerts
-    result = None
-    if len(raw) <= INLINE_PARSE_BYTES:
-        result = parse_common(raw, received_at=received_at, max_alerts=limit)
-    if result is None:
-        # In a thread: a 4 MiB body of small alerts is seconds of pure-Python work, which on
-        # the event loop stalled every other request (probes, metrics, the worker) meanwhile.
-        parse = parse_exact if len(raw) <= INLINE_PARSE_BYTES else parse_alerts_body
-        result = await asyncio.to_thread(parse, raw, received_at=received_at, max_alerts=limit)
+    result = await parse_alerts_body_async(
+        raw, received_at=received_at, max_alerts=settings.intake_max_alerts
+    )
     if result.errors:
         metrics.INTAKE_ALERTS.labels("invalid").inc(len(result.errors))
     if result.status != 200 and not result.alerts and not result.errors:
@@ -185,6 +178,13 @@ async def _post_alerts(request: Request) -> Response:
     if result.status == 200:
         return Response(status_code=200)
     return Response(result.body, status_code=result.status, media_type=result.content_type)
+
+
+# A plain Starlette route, not a FastAPI one: no dependency solving or response model
+# per request, and the app puts it first so the router and RequestGuard's token lookup
+# find it at once. It still passes every middleware (RequestGuard's size limits and
+# client address) and the app's exception handlers.
+intake_route = Route("/api/v2/alerts", post_alerts, methods=["POST"], include_in_schema=False)
 
 
 def _status_body(context: OpsContext, now: datetime) -> dict[str, Any]:

@@ -156,6 +156,26 @@ async def test_a_256_alert_body_is_one_transaction_of_set_based_statements(
         assert len(await r.rows()) == 256
 
 
+async def test_payloads_holding_the_statements_separators_are_stored_exactly(
+    db_url: str,
+) -> None:
+    """PostgreSQL gets a body's payloads and fingerprints as one text each, split on
+    U+001E and ','; values holding those (and quotes, backslashes, non-ASCII) survive."""
+    odd = ["a,b", "x\u001ey", "\u001e", '"q" \\ \n', "测,\u001e,ü", ","]
+    body = [
+        alert(f"Odd{i}", annotations={"summary": value}) | {"labels": {"alertname": value}}
+        for i, value in enumerate(odd)
+    ]
+    async with relay(relay_settings(db_url)) as r:
+        assert (await r.post(body)).status_code == 200
+        rows = await r.rows()
+        assert [row.payload[0]["labels"] for row in rows] == [{"alertname": v} for v in odd]
+        assert [row.payload[0]["annotations"]["summary"] for row in rows] == odd
+        assert [row.fingerprint for row in rows] == [
+            label_fingerprint({"alertname": v}) for v in odd
+        ]
+
+
 async def test_partially_invalid_body_stores_the_valid_alerts_and_answers_400(
     db_url: str,
 ) -> None:

@@ -5,6 +5,7 @@ differential tests hold to a real Alertmanager: for any body, the same answer.""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -298,3 +299,46 @@ def test_a_large_body_of_ordinary_alerts_takes_the_fast_path() -> None:
     result = parse_common(body, received_at=NOW)
     assert result is not None
     assert result == exact(body)
+
+
+@pytest.mark.parametrize(("name", "body"), [*CASES[:40], ("prometheus", prometheus_body(256))])
+@pytest.mark.parametrize("inline_bytes", [0, intake.INLINE_PARSE_BYTES])
+async def test_the_event_loops_parse_answers_as_parse_alerts_body(
+    name: str, body: bytes, inline_bytes: int
+) -> None:
+    got = await intake.parse_alerts_body_async(body, received_at=NOW, inline_bytes=inline_bytes)
+    assert got == parse_alerts_body(body, received_at=NOW)
+
+
+async def test_only_a_small_bodys_fast_path_runs_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay calls one function; which path may block the loop is decided there."""
+    threads: dict[str, int] = {}
+
+    def spy(name: str) -> Any:
+        real = getattr(intake, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            threads[name] = threading.get_ident()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(intake, name, wrapper)
+
+    for name in ("parse_common", "parse_exact", "parse_alerts_body"):
+        spy(name)
+    loop_thread = threading.get_ident()
+
+    await intake.parse_alerts_body_async(prometheus_body(4), received_at=NOW)
+    assert threads == {"parse_common": loop_thread}
+
+    threads.clear()  # the fast path says no: the exact path in a thread, fast path not rerun
+    await intake.parse_alerts_body_async(b'[{"Labels":{"alertname":"A"}}]', received_at=NOW)
+    assert threads["parse_common"] == loop_thread
+    assert set(threads) == {"parse_common", "parse_exact"}
+    assert threads["parse_exact"] != loop_thread
+
+    threads.clear()  # over the inline size: everything in a thread
+    await intake.parse_alerts_body_async(prometheus_body(4), received_at=NOW, inline_bytes=16)
+    assert "parse_alerts_body" in threads
+    assert loop_thread not in threads.values()

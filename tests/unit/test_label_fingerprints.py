@@ -29,7 +29,7 @@ def test_sets_of_every_length_and_more_than_one_int_of_them() -> None:
 @given(
     st.lists(
         st.dictionaries(
-            st.sampled_from(["alertname", "a", "b", "job", "", "ünï"]),
+            st.sampled_from(["alertname", "a", "b", "job", "", "ünï", "n\x00"]),
             st.one_of(st.sampled_from(["", "x", "\x00", "\xff"]), st.text(max_size=40)),
             max_size=4,
         ),

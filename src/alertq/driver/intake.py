@@ -59,14 +59,16 @@ class LatestRow:
 
 
 # Older unleased pending rows of the batch's fingerprints are retired in a CTE that runs on
-# the statement's snapshot, so it never sees the rows this statement inserts.
+# the statement's snapshot, so it never sees the rows this statement inserts. The payloads
+# and fingerprints arrive as one text each, split here: asyncpg checks every element of a
+# text[] parameter against three ABCs (0.2 ms of CPU per 256-alert body).
 _INSERT_MANY_PG = text(
     """
     WITH retired AS (
         UPDATE costsim_alert_queue SET status = 'superseded', last_error = :note,
                leased_until = NULL, leased_by = NULL
-        WHERE fingerprint = ANY(CAST(:fps AS text[])) AND status = 'pending'
-          AND (leased_until IS NULL OR leased_until <= :now)
+        WHERE fingerprint = ANY(string_to_array(CAST(:fps AS text), ','))
+          AND status = 'pending' AND (leased_until IS NULL OR leased_until <= :now)
         RETURNING id
     ), inserted AS (
         INSERT INTO costsim_alert_queue
@@ -75,7 +77,8 @@ _INSERT_MANY_PG = text(
         SELECT CAST(p AS jsonb), CAST(:alert_type AS text), f, CAST(:max_attempts AS integer),
                :now, :now, 'pending', 0, 0, '[]'::jsonb,
                CAST(:source_addr AS text), CAST(:source_agent AS text)
-        FROM unnest(CAST(:payloads AS text[]), CAST(:fps AS text[])) WITH ORDINALITY AS u(p, f, n)
+        FROM unnest(string_to_array(CAST(:payloads AS text), chr(30)),
+                    string_to_array(CAST(:fps AS text), ',')) WITH ORDINALITY AS u(p, f, n)
         ORDER BY n
         RETURNING id
     )
@@ -123,9 +126,14 @@ class IntakeDriver:
         if len(set(fps)) != len(fps):
             raise ValueError("alerts_insert_many: a fingerprint appears twice in one batch")
         if self.session.get_bind().dialect.name == "postgresql":
+            joined = ",".join(fps)
+            if joined.count(",") != len(fps) - 1 or "" in fps:
+                raise ValueError("alerts_insert_many: an empty fingerprint or one with a comma")
             params = {
-                "payloads": [orjson.dumps(r.payload).decode() for r in rows],
-                "fps": fps,
+                # JSON escapes every control character inside a string: a raw \x1e (ASCII
+                # record separator) can only be the separator.
+                "payloads": b"\x1e".join([orjson.dumps(r.payload) for r in rows]).decode(),
+                "fps": joined,
                 "alert_type": alert_type,
                 "max_attempts": max_attempts,
                 "now": now,
