@@ -45,6 +45,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(item.path.parent.name)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With ``CI=true`` a skip of any kind fails its test: a test that skips in CI proves
+    nothing, whichever helper or ``pytest.skip`` call skipped it."""
+    outcome = yield
+    fail_skip_in_ci(outcome.get_result(), in_ci=IN_CI)  # type: ignore[attr-defined]
+
+
+def fail_skip_in_ci(report: Any, *, in_ci: bool) -> None:
+    """Turn a skipped (not xfailed) test report into a failure when ``in_ci``."""
+    if in_ci and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI=true fails skips): {report.longrepr}"
+
+
 def unavailable(what: str, why: str) -> None:
     """Fail in CI, skip loudly elsewhere."""
     message = f"{what} unavailable: {why}"

@@ -30,6 +30,7 @@ from alertq.delivery import (
     ErrorClass,
     classify_status,
 )
+from tests.conftest import unavailable
 from tests.support import free_port
 from tests.support.stub import StubAlertmanager
 
@@ -398,7 +399,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key, made with the openssl CLI."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl CLI not installed: cannot make a test certificate")
+        unavailable("openssl", "the CLI is not installed: cannot make a test certificate")
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(

@@ -18,6 +18,7 @@ import alertq.db
 from alertq.config import Settings
 from alertq.db import DatabaseOutage, DatabaseUnreachable, create_engine, create_session_factory
 from alertq.engine import AlertWorker
+from tests.conftest import _truncate
 from tests.integration.test_engine import enqueue_many, once, worker_settings
 from tests.support import free_port
 from tests.support.processes import wait_until
@@ -146,16 +147,22 @@ async def test_drain_waits_out_the_default_bound_then_gives_up() -> None:
         await engine.dispose()
 
 
+@pytest.fixture
+def pg_url(pg_database_url: str) -> str:
+    """The session's PostgreSQL database, emptied (the test is about PostgreSQL backends)."""
+    asyncio.run(_truncate(pg_database_url))
+    return pg_database_url
+
+
 @pytest.mark.parametrize("ping_after_rest", [3600.0, 0.0], ids=["closed-flag", "ping"])
 async def test_connections_the_server_ended_are_replaced_before_a_cycle_uses_them(
-    db_url: str, stub: StubAlertmanager, monkeypatch: pytest.MonkeyPatch, ping_after_rest: float
+    pg_url: str, stub: StubAlertmanager, monkeypatch: pytest.MonkeyPatch, ping_after_rest: float
 ) -> None:
     # What a PostgreSQL restart does to a worker's pool: every pooled backend is ended. The
     # next cycle must get live connections (no failed cycle, no batch left leased), with
     # no round trip per checkout: a connection whose close was read is replaced at once
     # (closed-flag); one that rested is pinged first (ping: every checkout pings).
-    if not db_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL backends only")
+    db_url = pg_url
     monkeypatch.setattr(alertq.db, "PING_AFTER_REST", ping_after_rest)
     settings = worker_settings(db_url, stub.url)
     engine = create_engine(settings)
