@@ -28,12 +28,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 import uvicorn
-from sqlalchemy.engine import make_url
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from alertq.api import create_app
 from alertq.config import Settings
-from alertq.db import create_engine, create_session_factory
+from alertq.db import create_engine, create_session_factory, redacted_url
 from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
 from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot, describe_db_error
@@ -294,7 +293,7 @@ def print_banner(
     settings: Settings, url: str, targets: list[str], out: TextIO | None = None
 ) -> None:
     """Tell the person at the terminal where to look and where alerts go."""
-    database = make_url(settings.database_url).render_as_string(hide_password=True)
+    database = redacted_url(settings.database_url)
     if settings.log_format == "json":
         log.info(
             "alertq running: status page %s/, delivering to %s",
