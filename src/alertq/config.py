@@ -129,8 +129,9 @@ class Settings(BaseSettings):
     # Connections the server serves at once (503 above): with ALERTQ_MAX_REQUEST_BYTES it
     # bounds the memory that stalled bodies can pin (300 of them held ~900 MB).
     max_connections: int = Field(default=200, ge=2, le=100_000)
-    # Seconds a request body may take to arrive in full (408 after): frees the connection
-    # of a sender that stalls mid-body.
+    # Seconds a request's headers, and then its body, may take to arrive in full (408
+    # after): frees the connection of a sender that stalls (runner._HeaderBoundProtocol
+    # for the headers, RequestGuard for the body).
     body_timeout: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("alertmanager_urls", mode="before")

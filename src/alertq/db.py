@@ -40,9 +40,14 @@ class DatabaseUnreachable(RuntimeError):
 def redacted_url(database_url: str) -> str:
     """``database_url`` with any password replaced by ``***``, for messages and logs."""
     try:
-        return make_url(database_url).render_as_string(hide_password=True)
+        url = make_url(database_url)
     except Exception:
         return "<unparseable database URL>"
+    if url.host and "@" in url.host:
+        # An unescaped '@' in the password ends SQLAlchemy's password there and the rest
+        # lands in the host, which is shown: only what follows the last '@' is a host.
+        url = url.set(host=url.host.rpartition("@")[2])
+    return url.render_as_string(hide_password=True)
 
 
 def describe_error(exc: BaseException) -> str:

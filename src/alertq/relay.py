@@ -28,6 +28,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from alertq import metrics, wakeup
@@ -137,7 +138,13 @@ async def _post_alerts(request: Request) -> Response:
             415,
             f'unsupported media type "{media[:100]}", only [application/json] are allowed',
         )
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        # The sender left mid-body: nothing to store, and nobody to answer. Uncaught, it
+        # logged an ERROR with a full traceback per dropped connection (an open intake
+        # let anyone flood the log).
+        return Response(status_code=400)
     result = await parse_alerts_body_async(
         raw, received_at=received_at, max_alerts=settings.intake_max_alerts
     )

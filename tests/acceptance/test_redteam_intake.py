@@ -108,3 +108,46 @@ async def test_a_body_that_stalls_is_answered_408_and_its_connection_freed(
             assert answer.startswith(b"HTTP/1.1 408"), answer
         finally:
             sock.close()
+
+
+async def test_connections_that_never_finish_their_headers_are_closed(
+    db_url: str, tmp_path: Path
+) -> None:
+    # uvicorn times no request headers, and limit_concurrency counts every open connection:
+    # ALERTQ_MAX_CONNECTIONS sockets that sent nothing (or a header line now and then) got
+    # every other request, senders' alerts included, a 503 for as long as they stayed open.
+    port = free_port()
+    env = alertq_env(db_url, http_addr=f"127.0.0.1:{port}", max_connections=3, body_timeout=1)
+    url = f"http://127.0.0.1:{port}"
+    with start_alertq(["run"], env, cwd=tmp_path) as server:
+        await until_ready(server, url)
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        partial = socket.create_connection(("127.0.0.1", port), timeout=10)
+        partial.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n")
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+
+                async def served() -> bool:
+                    return (await client.get(f"{url}/-/healthy")).status_code == 200
+
+                await wait_until(served, within=10, message=server.describe)
+            partial.settimeout(10)
+            assert partial.recv(4096).startswith(b"HTTP/1.1 408"), server.describe()
+        finally:
+            for sock in [*silent, partial]:
+                sock.close()
+
+
+async def test_request_headers_over_64_kib_are_refused_431(db_url: str, tmp_path: Path) -> None:
+    # httptools buffered request headers without a bound: one 20 MB header was read whole.
+    port = free_port()
+    env = alertq_env(db_url, http_addr=f"127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
+    with start_alertq(["run"], env, cwd=tmp_path) as server:
+        await until_ready(server, url)
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            big = await client.get(f"{url}/-/healthy", headers={"X-Big": "a" * 200_000})
+            assert big.status_code == 431, server.describe()
+            # Ordinary headers (a few KiB) still pass, on a new connection.
+            ok = await client.get(f"{url}/-/healthy", headers={"X-Ok": "a" * 8000})
+            assert ok.status_code == 200, server.describe()

@@ -8,7 +8,11 @@ Split by test tier: these are the integration tests; see also
 from __future__ import annotations
 
 import pytest
+from starlette.types import Message, Scope
 
+from alertq.api import create_app
+from alertq.db import create_engine, create_session_factory
+from alertq.opsview import OpsContext
 from tests.integration.test_relay_api import alert, relay, relay_settings
 
 
@@ -29,3 +33,44 @@ async def test_a_body_with_more_alerts_than_the_limit_is_refused_before_any_is_p
         assert await r.rows() == []
         assert (await r.post(too_many[:50])).status_code == 200
         assert len(await r.rows()) == 50
+
+
+async def test_a_sender_that_disconnects_mid_body_raises_nothing(db_url: str) -> None:
+    # ClientDisconnect escaped the intake route: uvicorn logged "Exception in ASGI
+    # application" with a full traceback for every sender that dropped mid-body.
+    settings = relay_settings(db_url)
+    engine = create_engine(settings)
+    app = create_app(OpsContext(settings, create_session_factory(engine)))
+    messages: list[Message] = [
+        {"type": "http.request", "body": b'[{"labels":', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v2/alerts",
+        "raw_path": b"/api/v2/alerts",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"relay"), (b"content-type", b"application/json")],
+        "client": ("192.0.2.7", 5000),
+        "server": ("relay", 80),
+    }
+    try:
+        await app(scope, receive, send)
+        async with relay(settings) as r:
+            assert await r.rows() == []
+    finally:
+        await engine.dispose()
+    assert sent and sent[0]["status"] != 500

@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from alertq.config import Settings
+from alertq.db import redacted_url
 from alertq.intake import parse_alerts_body
 from alertq.relay import intake_auth_enabled
 
@@ -58,3 +59,20 @@ def test_the_count_limit_applies_before_per_alert_work() -> None:
     body = json.dumps([{"labels": {"a": str(i)}} for i in range(20)]).encode()
     result = parse_alerts_body(body, received_at=datetime.now(UTC), check=check, max_alerts=10)
     assert (result.status, calls, result.alerts) == (413, 0, [])
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql+asyncpg://redteam_x:S3cr3tP@ss@127.0.0.1:5432/db", "ss"),
+        ("postgresql+asyncpg://u:p@ss#w0rd@db.internal/alertq", "ss#w0rd"),
+        ("postgresql+asyncpg://u:a@b@c@db.internal/alertq", "b@c"),
+    ],
+)
+def test_a_password_with_an_unescaped_at_sign_is_hidden_whole(url: str, secret: str) -> None:
+    # SQLAlchemy ends the password at its first '@' and puts the rest in the host, which
+    # the banner, "database unreachable at ..." and CLI errors printed: the password's tail.
+    shown = redacted_url(url)
+    assert secret not in shown, shown
+    assert "***@" in shown and shown.count("@") == 1, shown
+    assert redacted_url("postgresql+asyncpg://u:p%40ss@h/db") == "postgresql+asyncpg://u:***@h/db"
