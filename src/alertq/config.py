@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     # bounds the memory that stalled bodies can pin (300 of them held ~900 MB).
     max_connections: int = Field(default=200, ge=2, le=100_000)
     # Seconds a request's headers, and then its body, may take to arrive in full (408
-    # after): frees the connection of a sender that stalls (runner._HeaderBoundProtocol
+    # after): frees the connection of a sender that stalls (httpguard.HeaderBoundProtocol
     # for the headers, RequestGuard for the body).
     body_timeout: float = Field(default=30.0, gt=0, le=3600)
 

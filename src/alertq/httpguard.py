@@ -13,6 +13,10 @@ In this order, before a single body byte is read:
 
 Being one middleware around the whole app, it covers routes added later (the relay's
 ``/api/v2/alerts``) without a per-route case.
+
+Before any of that, while the request line and headers arrive, the app is not called yet:
+:class:`HeaderBoundProtocol` (uvicorn's HTTP protocol, which ``alertq run`` serves with)
+bounds them in time and size.
 """
 
 from __future__ import annotations
@@ -22,13 +26,23 @@ import ipaddress
 import json
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from alertq.config import Settings
 
-__all__ = ["BodyTooLarge", "BodyTooSlow", "RequestGuard", "check_bearer", "forwarded_client"]
+__all__ = [
+    "BodyTooLarge",
+    "BodyTooSlow",
+    "HeaderBoundProtocol",
+    "RequestGuard",
+    "check_bearer",
+    "forwarded_client",
+    "header_bound_protocol",
+]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_FORWARDED_HOPS = 32
@@ -210,3 +224,86 @@ async def _reply(send: Send, status: int, detail: str, extra: dict[str, str] | N
     headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------- before the app
+
+
+MAX_HEADER_BYTES = 64 * 1024
+"""Longest request line plus headers, else 431. httptools buffers them without a bound."""
+
+
+class HeaderBoundProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the headers of each request bounded in time
+    (``ALERTQ_BODY_TIMEOUT``, from the connection or the request's first byte) and in size
+    (:data:`MAX_HEADER_BYTES`). uvicorn times neither: a connection that never finished its
+    headers was held for ever, and ``limit_concurrency`` counts it, so
+    ``ALERTQ_MAX_CONNECTIONS`` silent sockets got every other request a 503.
+    RequestGuard cannot help: the app is called only once the headers are complete."""
+
+    header_timeout = 30.0  # header_bound_protocol() sets ALERTQ_BODY_TIMEOUT on a subclass
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._in_headers = True
+
+    def _arm(self) -> None:
+        if self._header_deadline is None:
+            self._header_deadline = self.loop.call_later(
+                self.header_timeout, self._headers_too_slow
+            )
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_headers and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._refuse(431, "Request Header Fields Too Large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self._in_headers and not self.transport.is_closing():
+            self._refuse(408, "Request Timeout")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self._disarm()
+        if self.cycle is None or self.cycle.response_complete:  # not inside a response
+            body = f"{reason}\n".encode()
+            self.transport.write(
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                + body
+            )
+        self.transport.close()
+
+
+def header_bound_protocol(timeout: float) -> type[HeaderBoundProtocol]:
+    """:class:`HeaderBoundProtocol` with headers due within ``timeout`` seconds, for
+    ``uvicorn.Config(http=...)``."""
+    return type("HeaderBoundProtocol", (HeaderBoundProtocol,), {"header_timeout": timeout})

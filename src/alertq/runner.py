@@ -25,16 +25,16 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TextIO
+from typing import TextIO
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from alertq.api import create_app
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory, redacted_url
 from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
+from alertq.httpguard import header_bound_protocol
 from alertq.opsview import DatabaseUnavailable, OpsContext, Snapshot, describe_db_error
 from alertq.relay import intake_auth_enabled, intake_auth_scheme
 from alertq.replay import ReplayService
@@ -182,80 +182,6 @@ class Collector:
         self._warned_all_down = all_down
 
 
-MAX_HEADER_BYTES = 64 * 1024
-"""Longest request line plus headers, else 431. httptools buffers them without a bound."""
-
-
-class _HeaderBoundProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the headers of each request bounded in time
-    (``ALERTQ_BODY_TIMEOUT``, from the connection or the request's first byte) and in size
-    (:data:`MAX_HEADER_BYTES`). uvicorn times neither: a connection that never finished its
-    headers was held for ever, and ``limit_concurrency`` counts it, so
-    ``ALERTQ_MAX_CONNECTIONS`` silent sockets got every other request a 503.
-    RequestGuard cannot help: the app is called only once the headers are complete."""
-
-    header_timeout = 30.0  # run_service sets ALERTQ_BODY_TIMEOUT on a subclass
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._header_deadline: asyncio.TimerHandle | None = None
-        self._header_bytes = 0
-        self._in_headers = True
-
-    def _arm(self) -> None:
-        if self._header_deadline is None:
-            self._header_deadline = self.loop.call_later(
-                self.header_timeout, self._headers_too_slow
-            )
-
-    def _disarm(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._in_headers and not self.transport.is_closing():
-            self._header_bytes += len(data)
-            if self._header_bytes > MAX_HEADER_BYTES:
-                self._refuse(431, "Request Header Fields Too Large")
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_headers = True
-        self._header_bytes = 0
-        self._arm()
-
-    def on_headers_complete(self) -> None:
-        self._in_headers = False
-        self._disarm()
-        super().on_headers_complete()
-
-    def _headers_too_slow(self) -> None:
-        self._header_deadline = None
-        if self._in_headers and not self.transport.is_closing():
-            self._refuse(408, "Request Timeout")
-
-    def _refuse(self, status: int, reason: str) -> None:
-        self._disarm()
-        if self.cycle is None or self.cycle.response_complete:  # not inside a response
-            body = f"{reason}\n".encode()
-            self.transport.write(
-                f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
-                + body
-            )
-        self.transport.close()
-
-
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling (alertq stops the worker first), with an
     event set once it listens."""
@@ -375,11 +301,7 @@ async def run_service(settings: Settings) -> int:
                 # RequestGuard; uvicorn's own handling trusts 127.0.0.1 by default.
                 proxy_headers=False,
                 timeout_graceful_shutdown=SERVER_GRACE_SECONDS,
-                http=type(
-                    "HeaderBoundProtocol",
-                    (_HeaderBoundProtocol,),
-                    {"header_timeout": settings.body_timeout},
-                ),
+                http=header_bound_protocol(settings.body_timeout),
             )
         )
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
