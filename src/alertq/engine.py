@@ -486,12 +486,19 @@ class AlertWorker:
         in the same transaction, claim the next batch if ``claim_next()`` (returned)."""
         now = self.clock()
         decisions = self._decide_all(rows, results, targets, now)
-        outcomes = [Outcome(i, _SUPERSEDED, SUPERSEDED_REASON, None) for i in stale]
+        # A finished row's due time becomes now, not the lease end the claim left: sent rows
+        # due in the future made the claim's in-flight scan look unselective to the planner,
+        # which then read the whole table on every claim (docs/benchmarks.md section 10).
+        outcomes = [
+            Outcome(i, _SUPERSEDED, SUPERSEDED_REASON, None, next_attempt_at=now) for i in stale
+        ]
         retried_fps: list[str] = []
         for row in rows:
             d = decisions[row.id]
             if d.verdict is Verdict.SENT:
-                outcomes.append(Outcome(row.id, _SENT, None, d.delivered_to, sent_at=now))
+                outcomes.append(
+                    Outcome(row.id, _SENT, None, d.delivered_to, sent_at=now, next_attempt_at=now)
+                )
             elif d.verdict is Verdict.RETRY:
                 outcomes.append(
                     Outcome(
@@ -505,7 +512,9 @@ class AlertWorker:
                 if row.fingerprint is not None:
                     retried_fps.append(row.fingerprint)
             else:
-                outcomes.append(Outcome(row.id, _FAILED, d.error or "", d.delivered_to))
+                outcomes.append(
+                    Outcome(row.id, _FAILED, d.error or "", d.delivered_to, next_attempt_at=now)
+                )
 
         async with transaction(self.session_factory) as session:
             driver = get_queue_driver(session)

@@ -75,6 +75,25 @@ async def test_drain_delivers_every_row_in_batched_posts(
     assert len(ids) == 300
 
 
+async def test_finished_rows_are_due_no_later_than_their_outcome(
+    db_url: str, session_factory: Factory, stub: StubAlertmanager
+) -> None:
+    # The claim left next_attempt_at at the lease end; kept on sent rows it made the claim's
+    # in-flight scan look unselective and PostgreSQL read the whole table per claim.
+    clock = FakeClock()
+    stub.script(
+        lambda alerts: (
+            (400, "bad A0") if any(a["labels"]["alertname"] == "A0" for a in alerts) else (200, "")
+        )
+    )
+    await enqueue_many(session_factory, 4, now=clock.now)
+    worker = AlertWorker(worker_settings(db_url, stub.url), session_factory, clock=clock)
+    assert await once(worker) == 4
+    got = await rows(session_factory)
+    assert sorted(r.status for r in got.values()) == ["failed", "sent", "sent", "sent"]
+    assert all(r.next_attempt_at <= clock.now for r in got.values())
+
+
 async def test_outage_retries_with_growing_delay_then_delivers(
     db_url: str, session_factory: Factory, stub: StubAlertmanager
 ) -> None:
