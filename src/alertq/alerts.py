@@ -476,17 +476,7 @@ def label_fingerprint(labels: Mapping[str, str]) -> str:
     with an empty value are left out first, as Alertmanager deletes them on receipt.
     Names and values must be encodable as UTF-8.
     """
-    h = _FNV64_OFFSET
-    prime, mask = _FNV64_PRIME, _MASK64
-    # Go sorts label names byte-wise; for valid UTF-8 that is code-point order.
-    for name in sorted(n for n, v in labels.items() if v != ""):
-        for byte in name.encode("utf-8"):
-            h = ((h ^ byte) * prime) & mask
-        h = ((h ^ _SEP) * prime) & mask
-        for byte in labels[name].encode("utf-8"):
-            h = ((h ^ byte) * prime) & mask
-        h = ((h ^ _SEP) * prime) & mask
-    return f"{h:016x}"
+    return f"{_fnv(_FNV64_OFFSET, _fnv_input_exact(labels)):016x}"
 
 
 # label_fingerprints: each label set's FNV state in its own lane of one Python int, so one
@@ -506,16 +496,19 @@ def _fnv_input(labels: Mapping[str, str]) -> bytes:
     parts = [f"{n}\0{v}\0" for n in sorted(labels) if (v := labels[n]) != ""]
     text = "".join(parts)
     if text.count("\0") != 2 * len(parts):  # a name or value holds NUL itself
-        return _fnv_input_with_nul(labels)
+        return _fnv_input_exact(labels)
     return text.encode("utf-8").replace(b"\0", b"\xff")
 
 
-def _fnv_input_with_nul(labels: Mapping[str, str]) -> bytes:
+def _fnv_input_exact(labels: Mapping[str, str]) -> bytes:
+    # The definition, byte by byte; Go sorts label names byte-wise, which for valid UTF-8
+    # is code-point order. label_fingerprint uses it, so it is the reference for _fnv_input.
+    sep = bytes([_SEP])
     out = bytearray()
     for name in sorted(labels):
         value = labels[name]
         if value != "":
-            out += name.encode("utf-8") + b"\xff" + value.encode("utf-8") + b"\xff"
+            out += name.encode("utf-8") + sep + value.encode("utf-8") + sep
     return bytes(out)
 
 

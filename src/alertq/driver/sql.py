@@ -69,23 +69,6 @@ def aware(value: datetime | str | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def rearm_values(payload: Any, now: Any) -> dict[str, Any]:
-    """What a re-armed row is set to: its new payload, due ``now``, counted as enqueued
-    anew (attempts 0, no target has it, unleased). ``payload`` and ``now`` may be values
-    or SQL expressions."""
-    return {
-        "payload": payload,
-        "status": PENDING,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-        "last_error": None,
-        "delivered_to": [],
-        "leased_until": None,
-        "leased_by": None,
-    }
-
-
 def insert_values(
     payload: list[dict[str, Any]],
     alert_type: str,
@@ -364,34 +347,25 @@ def _delivered_json(value: Sequence[str] | None, encoded: dict[tuple[str, ...], 
 
 def _same_outcome(outcomes: Sequence[Outcome]) -> bool:
     """Whether every outcome writes the same values (only the ids differ)."""
-    first = outcomes[0]
     if len(set(map(_SAME, outcomes))) != 1:
         return False
-    delivered = first.delivered_to
+    first = outcomes[0].delivered_to
+    key = None if first is None else tuple(first)
     return all(
-        o.delivered_to is delivered
-        or (
-            o.delivered_to is not None
-            and delivered is not None
-            and tuple(o.delivered_to) == tuple(delivered)
-        )
+        o.delivered_to is first or (o.delivered_to is not None and tuple(o.delivered_to) == key)
         for o in outcomes
     )
 
 
 def _record_params(outcomes: Sequence[Outcome]) -> list[list[Any]]:
     encoded: dict[tuple[str, ...], str] = {}
-
-    def delivered(value: Sequence[str] | None) -> str | None:
-        return _delivered_json(value, encoded)
-
     return [
         [o.id for o in outcomes],
         [o.status for o in outcomes],
         [o.sent_at for o in outcomes],
         [o.next_attempt_at for o in outcomes],
         [o.last_error for o in outcomes],
-        [delivered(o.delivered_to) for o in outcomes],
+        [_delivered_json(o.delivered_to, encoded) for o in outcomes],
     ]
 
 
@@ -459,7 +433,18 @@ def _rearm(row_id: Any, payload: Any) -> Any:
                 newer.status == literal_column(f"'{PENDING}'"),
             ),
         )
-        .values(rearm_values(payload, now))
+        # Counted as enqueued anew: attempts 0, no target has it, unleased.
+        .values(
+            payload=payload,
+            status=PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            last_error=None,
+            delivered_to=[],
+            leased_until=None,
+            leased_by=None,
+        )
         .returning(Q.id)
         .execution_options(synchronize_session=False)
     )
