@@ -3,7 +3,7 @@
 Both drain a full queue of N rows (default 50,000) with no work per job:
 
 - **alertq**: one ``alertq worker --drain`` process with alertq's **default settings**
-  (batch 256, 2 delivery loops), delivering to the no-op stub (``bench/stub_server.py``,
+  (batch 256, 3 delivery loops: a dedicated worker's default on PostgreSQL), delivering to the no-op stub (``bench/stub_server.py``,
   its own process), one POST of up to 256 alerts per claim;
 - **pgqueuer** (the version pinned in ``bench/requirements.txt``): ``P`` processes, each a
   ``QueueManager`` in drain mode with batch size ``B`` and a no-op async entrypoint, on

@@ -183,7 +183,8 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-MAX_CONCURRENCY = 1000
+MAX_CONCURRENCY = 64
+"""The bound ``ALERTQ_CONCURRENCY`` has: the flag allowed 1,000 loops the variable refused."""
 
 
 @app.command()
@@ -204,7 +205,7 @@ def worker(
     async def work(factory: Any) -> None:
         stop = asyncio.Event()
         install_stop_handlers(stop)
-        await AlertWorker(settings, factory).run(stop, drain=drain)
+        await AlertWorker(settings, factory, dedicated=True).run(stop, drain=drain)
 
     run_with_db(settings, work)
 

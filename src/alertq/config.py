@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=10, ge=1)
     batch_size: int = Field(default=256, ge=1, le=256)
-    concurrency: int = Field(default=2, ge=1, le=64)
+    # Delivery loops per process; unset, ``delivery_loops`` chooses by role and backend.
+    concurrency: int | None = Field(default=None, ge=1, le=64)
     delivery_quorum: DeliveryQuorum = DeliveryQuorum.ANY
     poll_interval: float = Field(default=1.0, gt=0)
     backoff_base: float = Field(default=2.0, gt=0)
@@ -231,6 +232,15 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def delivery_loops(self, *, dedicated: bool) -> int:
+        """``concurrency`` if set; else 3 for a dedicated worker (``alertq worker``) on
+        PostgreSQL, 2 otherwise. A third loop fills the round-trip waits of the other two
+        (12% faster at the same CPU per row); in ``alertq run`` it would take CPU from the
+        relay's intake, and SQLite has one writer (docs/benchmarks.md, section 8)."""
+        if self.concurrency is not None:
+            return self.concurrency
+        return 3 if dedicated and not self.is_sqlite else 2
 
     @classmethod
     def settings_customise_sources(

@@ -102,7 +102,8 @@ class WorkerStats:
 
 
 class AlertWorker:
-    """Delivers queued alerts with ``settings.concurrency`` loops.
+    """Delivers queued alerts with ``settings.delivery_loops(dedicated=dedicated)`` loops
+    (``dedicated``: the process does nothing else, as ``alertq worker``).
 
     Each loop has its own Alertmanager client (one HTTP client per target per loop).
     ``clock`` and ``rng`` are injectable for tests. ``record_hooks`` run in each record
@@ -124,8 +125,10 @@ class AlertWorker:
         record_hooks: Sequence[RecordHook] = (INCIDENT_RECORD_HOOK,),
         outage: DatabaseOutage | None = None,
         drain_unreachable_limit: float = DRAIN_UNREACHABLE_LIMIT,
+        dedicated: bool = False,
     ) -> None:
         self.settings = settings
+        self.loops = settings.delivery_loops(dedicated=dedicated)
         self.session_factory = session_factory
         self.client_factory = client_factory
         self.clock = clock
@@ -136,7 +139,7 @@ class AlertWorker:
         # SQLite has one writer: a woken idle loop leaves new rows to a loop already in a
         # cycle, whose next claim takes them, instead of contending with it for the lock
         # with a claim of its own (unless that loop's last claim was full: a backlog).
-        self._one_claimer = settings.is_sqlite and settings.concurrency > 1
+        self._one_claimer = settings.is_sqlite and self.loops > 1
         self._cycling = 0
         self._full = False
         self._left = 0
@@ -174,6 +177,13 @@ class AlertWorker:
         else:
             listener = EnqueueListener(self.settings.database_url, self.wake)
         await listener.start()
+        log.info(
+            "worker %s: %d delivery loop%s, batch %d",
+            self.worker_id,
+            self.loops,
+            "" if self.loops == 1 else "s",
+            self.settings.batch_size,
+        )
         # A producer of this process (the relay, enqueue_alert) wakes the loops directly.
         unsubscribe = wakeup.subscribe(_threadsafe(self.wake))
         loops_done = asyncio.Event()
@@ -181,7 +191,7 @@ class AlertWorker:
         try:
             loops = [
                 asyncio.create_task(self._loop(i, stop, drain), name=f"alertq-loop-{i}")
-                for i in range(self.settings.concurrency)
+                for i in range(self.loops)
             ]
             try:
                 await asyncio.gather(*loops)

@@ -210,6 +210,8 @@ BAD_ARGUMENTS: list[tuple[str, list[str], str]] = [
     ("enqueue-huge-file", ["enqueue", "--file", "{big}", "--type", "t"], "--file"),
     ("enqueue-directory", ["enqueue", "--file", "{dir}", "--type", "t"], "--file"),
     ("worker-concurrency-0", ["worker", "--concurrency", "0"], "--concurrency"),
+    ("worker-concurrency-65", ["worker", "--concurrency", "65"], "--concurrency"),
+    ("run-concurrency-65", ["run", "--concurrency", "65"], "--concurrency"),
 ]
 
 

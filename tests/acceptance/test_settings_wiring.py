@@ -1,5 +1,6 @@
-"""Every setting does what it says: each ``Settings`` field is read by the code, and
-``ALERTQ_MAX_ATTEMPTS`` alone decides how often a row is tried.
+"""Every setting does what it says: each ``Settings`` field is read by the code,
+``ALERTQ_MAX_ATTEMPTS`` alone decides how often a row is tried, and ``alertq worker`` runs
+the delivery loops ``ALERTQ_CONCURRENCY`` or its role says.
 
 Split by test tier: these are the acceptance tests; see also
 ``tests/unit/test_settings_wiring.py``.
@@ -71,3 +72,19 @@ async def test_cli_enqueue_takes_max_attempts_from_the_environment(
     async with session_factory() as s:
         got = await get_queue_driver(s).alerts_get(int(done.stdout.strip()))
     assert got is not None and got.max_attempts == 4
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "expected"), [(None, None), (1, "1 delivery loop,"), (4, "4 delivery loops,")]
+)
+async def test_cli_worker_runs_the_loops_concurrency_or_its_role_says(
+    db_url: str, is_postgres: bool, tmp_path: Path, concurrency: int | None, expected: str | None
+) -> None:
+    # Unset: a dedicated worker runs 3 loops on PostgreSQL, 2 on SQLite (one writer).
+    expected = expected or ("3 delivery loops," if is_postgres else "2 delivery loops,")
+    settings = {} if concurrency is None else {"concurrency": concurrency}
+    done = await run_alertq_async(
+        ["worker", "--drain"], alertq_env(db_url, **settings), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.describe()
+    assert expected in done.message, done.describe()

@@ -10,6 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 import alertq
 from alertq.config import Settings
 
@@ -34,17 +37,19 @@ def settings_reads() -> dict[str, set[str]]:
 
 
 def settings_properties() -> dict[str, set[str]]:
-    """For each ``@property`` of ``Settings``, the fields it reads (``self.x``): a field read
-    only through a property (``api_token`` through ``mutation_token``) is read when the
-    property is. Validators do not count: checking a value is not using it."""
+    """For each ``@property`` or plain method of ``Settings``, the fields it reads
+    (``self.x``): a field read only through one (``api_token`` through ``mutation_token``,
+    ``concurrency`` through ``delivery_loops``) is read when it is. Validators do not count:
+    checking a value is not using it."""
     tree = ast.parse((SRC / "config.py").read_text())
     settings = next(
         n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "Settings"
     )
     found: dict[str, set[str]] = {}
     for fn in settings.body:
-        if isinstance(fn, ast.FunctionDef) and any(
-            isinstance(d, ast.Name) and d.id == "property" for d in fn.decorator_list
+        if isinstance(fn, ast.FunctionDef) and (
+            not fn.decorator_list
+            or any(isinstance(d, ast.Name) and d.id == "property" for d in fn.decorator_list)
         ):
             found[fn.name] = {
                 node.attr
@@ -65,3 +70,36 @@ def test_every_settings_field_is_read_by_the_code() -> None:
     assert "database_url" in reads, "the scan finds settings reads at all"
     unread = sorted(name for name in Settings.model_fields if name not in reads)
     assert unread == [], f"Settings fields nothing in src/alertq reads: {unread}"
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "dedicated", "loops"),
+    [
+        # Unset: a dedicated PostgreSQL worker runs a third loop; alertq run and SQLite two.
+        (None, "postgresql+asyncpg://u@h/db", True, 3),
+        (None, "postgresql+asyncpg://u@h/db", False, 2),
+        (None, "sqlite+aiosqlite:///q.db", True, 2),
+        (None, "sqlite+aiosqlite:///q.db", False, 2),
+        # Set, it decides alone.
+        ("1", "postgresql+asyncpg://u@h/db", True, 1),
+        ("5", "sqlite+aiosqlite:///q.db", False, 5),
+    ],
+)
+def test_alertq_concurrency_env_var_or_the_role_decides_the_delivery_loops(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, url: str, dedicated: bool, loops: int
+) -> None:
+    monkeypatch.setenv("ALERTQ_DATABASE_URL", url)
+    if env is None:
+        monkeypatch.delenv("ALERTQ_CONCURRENCY", raising=False)
+    else:
+        monkeypatch.setenv("ALERTQ_CONCURRENCY", env)
+    assert Settings().delivery_loops(dedicated=dedicated) == loops
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_alertq_concurrency_out_of_bounds_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("ALERTQ_CONCURRENCY", value)
+    with pytest.raises(ValidationError, match="concurrency"):
+        Settings()
