@@ -3,8 +3,9 @@
 Both drain a full queue of N rows (default 50,000) with no work per job:
 
 - **alertq**: one ``alertq worker --drain`` process with alertq's **default settings**
-  (batch 256, 3 delivery loops: a dedicated worker's default on PostgreSQL), delivering to the no-op stub (``bench/stub_server.py``,
-  its own process), one POST of up to 256 alerts per claim;
+  (batch 256; 3 delivery loops, a dedicated worker's default on PostgreSQL), delivering to
+  the no-op stub (``bench/stub_server.py``, its own process), one POST of up to 256 alerts
+  per claim;
 - **pgqueuer** (the version pinned in ``bench/requirements.txt``): ``P`` processes, each a
   ``QueueManager`` in drain mode with batch size ``B`` and a no-op async entrypoint, on
   pgqueuer's own tables (installed with its defaults, ``durable``) in the same database.
@@ -15,7 +16,9 @@ First a small sweep (``--sweep-batch`` × ``--sweep-procs``, one run each of
 ``--runs`` rounds alternate, in rotating order: alertq, pgqueuer at its best (and, with
 ``--with-defaults``, at its defaults: B = 10, 1 process), and the raw SKIP LOCKED floor of
 ``bench/floor.py`` (one statement that claims and finishes 256 rows) with 1 and 4
-consumers, on the same rows. Every variant gets a freshly loaded, ``VACUUM ANALYZE``d table.
+consumers, on the same rows, and the floor's *lean cycle* (claim, POST, record over bare
+asyncpg: the least any design that writes each row twice can do) with ``--lean-loops``
+loops. Every variant gets a freshly loaded, ``VACUUM ANALYZE``d table.
 
 Two rates per variant:
 
@@ -58,7 +61,7 @@ from _common import (
     spawn_worker,
     wait_all,
 )
-from floor import floor, reset, sent_count
+from floor import floor, lean, reset, sent_count
 
 PGQ_ENTRYPOINT = "noop"
 
@@ -195,6 +198,17 @@ def floor_run(url: str, rows: int, consumers: int) -> dict[str, float]:
     return {"steady": rate, "wall": rate}
 
 
+def lean_run(url: str, stub: Stub, rows: int, loops: int) -> dict[str, float]:
+    """``bench/floor.py``'s lean cycle: claim, POST, record over bare asyncpg, no framework."""
+    dsn = asyncpg_dsn(url)
+    asyncio.run(pg_load(url, rows))
+    asyncio.run(reset(dsn))
+    rate = rows / asyncio.run(lean(dsn, stub.url, loops, 256))
+    if asyncio.run(sent_count(dsn)) != rows:
+        raise RuntimeError("the lean cycle did not finish every row")
+    return {"steady": rate, "wall": rate}
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -210,6 +224,12 @@ def main() -> None:
     parser.add_argument("--sweep-procs", default="1,2,4")
     parser.add_argument("--best", default="", help="skip the sweep: pgqueuer's B,P")
     parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument(
+        "--lean-loops",
+        default="1,2,4",
+        help="loop counts of the lean cycle (claim, POST, record over bare asyncpg) to run "
+        "beside the floor: what any design that writes each row twice can reach ('' for none)",
+    )
     parser.add_argument(
         "--with-defaults",
         action="store_true",
@@ -262,6 +282,9 @@ def main() -> None:
         if not args.no_floor:
             variants["floor, 1 consumer"] = lambda: floor_run(url, args.rows, 1)
             variants["floor, 4 consumers"] = lambda: floor_run(url, args.rows, 4)
+            for n in (int(x) for x in args.lean_loops.split(",") if x):
+                label = f"lean cycle, {n} loop{'s' * (n > 1)}"
+                variants[label] = lambda n=n: lean_run(url, stub, args.rows, n)
         names = list(variants)
         for run in range(args.runs):
             order = names[run % len(names) :] + names[: run % len(names)]
@@ -324,6 +347,17 @@ def main() -> None:
     if not args.no_floor:
         summary["alertq / floor 1 consumer"] = span(ratios("alertq", "floor, 1 consumer"), True)
         summary["alertq / floor 4 consumers"] = span(ratios("alertq", "floor, 4 consumers"), True)
+        leans = [n for n in names if n.startswith("lean cycle")]
+        if leans:
+            best = [max(r[n]["steady"] for n in leans) for r in rounds]
+            for consumers in (1, 4):
+                floors = [r[f"floor, {consumers} consumer{'s' * (consumers > 1)}"] for r in rounds]
+                summary[f"best lean cycle / floor {consumers} consumer"] = span(
+                    [b / f["steady"] for b, f in zip(best, floors, strict=True)], True
+                )
+            summary["alertq / best lean cycle"] = span(
+                [r["alertq"]["steady"] / b for r, b in zip(rounds, best, strict=True)]
+            )
     report.add("\n".join(f"- {k}: **{v}**" for k, v in summary.items()))
     report.data = {
         "rows": args.rows,
