@@ -144,9 +144,9 @@ class OpsContext:
         """None when the database answers a trivial statement now, else why not (one line,
         safe to show). Never from a cache: a snapshot can be minutes old.
 
-        Waits at most :data:`READY_TIMEOUT`. A check still running then (a silent network path) goes
-        on in the background, bounded by ``ALERTQ_DB_TIMEOUT``, and the next probes wait
-        for it rather than pile up checks of their own.
+        Waits at most :data:`READY_TIMEOUT`. A check still running then (a silent network
+        path) goes on in the background, bounded by ``ALERTQ_DB_TIMEOUT``, and the next
+        probes wait for it rather than pile up checks of their own.
         """
         task = self._db_check
         if task is None or task.done():
