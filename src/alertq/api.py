@@ -397,13 +397,13 @@ def _routes(app: FastAPI) -> None:
         tags=["probes"],
     )
     async def readyz(context: Ctx) -> JSONResponse:
-        """Ready when the database answers and at least one Alertmanager is ready."""
+        """Ready when the database answers (asked now, within a few seconds) and at least
+        one Alertmanager is ready."""
         reasons = []
         database = "ok"
-        try:
-            await context.snapshot()
-        except DatabaseUnavailable as exc:
-            database = f"unavailable: {exc}"
+        problem = await context.check_database()
+        if problem is not None:
+            database = f"unavailable: {problem}"
             reasons.append(f"database {database}")
         health = list(context.health.values())
         if not context.any_ready:

@@ -57,6 +57,8 @@ def describe_error(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc
     first = (str(cause).strip().splitlines() or [""])[0][:200]
     name = type(cause).__name__
+    if not first and isinstance(cause, TimeoutError):  # asyncpg's has no message
+        first = "no answer within the timeout (ALERTQ_DB_TIMEOUT)"
     return f"{name}: {first}" if first else name
 
 
@@ -213,8 +215,9 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``settings.database_url`` (aiosqlite or asyncpg).
 
     On SQLite every connection gets WAL, a busy timeout, ``synchronous=FULL`` and
-    ``BEGIN IMMEDIATE`` transactions; on
-    PostgreSQL connections are checked before use so a restarted server is ridden out.
+    ``BEGIN IMMEDIATE`` transactions; on PostgreSQL connections are checked before use so
+    a restarted server is ridden out, and connecting and every statement are bounded by
+    ``settings.db_timeout`` (``connect_args`` in ``kwargs`` override that).
     """
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
@@ -230,6 +233,14 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     if url.get_backend_name() == "postgresql" and url.get_driver_name() != "asyncpg":
         url = url.set(drivername="postgresql+asyncpg")
     kwargs.setdefault("pool_size", settings.db_pool_size)
+    # A silently dropped network path answers nothing, not even a reset: without these a
+    # connect, a statement or the pool's checkout ping waits until TCP gives up (minutes).
+    # asyncpg also bounds the cancel request it sends after a timeout by command_timeout.
+    kwargs["connect_args"] = {
+        "timeout": settings.db_timeout,
+        "command_timeout": settings.db_timeout,
+        **kwargs.get("connect_args", {}),
+    }
     if kwargs.get("pool_pre_ping"):
         return create_async_engine(url, **kwargs)
     kwargs["pool_pre_ping"] = False
@@ -312,10 +323,13 @@ class EnqueueListener:
     disconnected are lost. Polling stays the fallback.
     """
 
-    def __init__(self, database_url: str, on_notify: Callable[[], None]) -> None:
+    def __init__(
+        self, database_url: str, on_notify: Callable[[], None], *, timeout: float = 10.0
+    ) -> None:
         url = make_url(database_url)
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._on_notify = on_notify
+        self._timeout = timeout
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -334,7 +348,11 @@ class EnqueueListener:
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=10)
+                # Bounded like the pool's connections: its "SELECT 1" would otherwise wait
+                # forever on a dropped path, and no reconnect would follow.
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=self._timeout, command_timeout=self._timeout
+                )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(NOTIFY_CHANNEL, lambda *_a: self._on_notify())

@@ -175,7 +175,9 @@ class AlertWorker:
                 self.settings.database_url, self.wake, self.settings.sqlite_wake_interval
             )
         else:
-            listener = EnqueueListener(self.settings.database_url, self.wake)
+            listener = EnqueueListener(
+                self.settings.database_url, self.wake, timeout=self.settings.db_timeout
+            )
         await listener.start()
         log.info(
             "worker %s: %d delivery loop%s, batch %d",

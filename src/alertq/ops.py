@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq import limits
-from alertq.db import transaction
+from alertq.db import read_transaction, transaction
 from alertq.driver import PURGE_BATCH, get_queue_driver
 from alertq.driver.intake import IntakeDriver, IntakeSource
 from alertq.models import AlertStatus, CostSimAlertQueueModel
@@ -30,6 +30,13 @@ async def queue_stats(factory: Factory) -> dict[str, Any]:
     now = datetime.now(UTC)
     stats["oldest_due_age_seconds"] = max(0.0, (now - due).total_seconds()) if due else 0.0
     return stats
+
+
+async def ping(factory: Factory) -> None:
+    """One trivial statement; raises when the database does not answer (readiness). A read
+    transaction: on SQLite a probe must not queue for the write lock behind producers."""
+    async with read_transaction(factory) as session:
+        await IntakeDriver(session).ping()
 
 
 async def retry_failed(

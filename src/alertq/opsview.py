@@ -50,6 +50,10 @@ are counted and listed by ``/api/breakers``, page by page."""
 SHOWN_INCIDENTS = 50
 """The same bound for open incidents, newest first (``/api/incidents`` pages the rest)."""
 SUMMARY_STATUSES = ("pending", "failed", "sent", "superseded")
+READY_TIMEOUT = 2.0
+"""Seconds a readiness probe waits for the database's answer: a probe must answer, and
+fast (Kubernetes gives it 1 s by default), while the database may take up to
+``ALERTQ_DB_TIMEOUT`` to fail a statement on a silently dropped path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,32 @@ class OpsContext:
         self._snapshot: Snapshot | None = None
         self._generation = 0
         self._lock = asyncio.Lock()
+        self._db_check: asyncio.Task[str | None] | None = None
+
+    # -- readiness
+
+    async def check_database(self) -> str | None:
+        """None when the database answers a trivial statement now, else why not (one line,
+        safe to show). Never from a cache: a snapshot can be minutes old.
+
+        Waits at most :data:`READY_TIMEOUT`. A check still running then (a silent network
+        path) goes on in the background, bounded by ``ALERTQ_DB_TIMEOUT``, and the next
+        probes wait for it rather than pile up checks of their own.
+        """
+        task = self._db_check
+        if task is None or task.done():
+            task = self._db_check = asyncio.create_task(self._ping(), name="alertq-db-check")
+        done, _ = await asyncio.wait({task}, timeout=READY_TIMEOUT)
+        if not done:
+            return f"no answer within {READY_TIMEOUT:g}s"
+        return task.result()
+
+    async def _ping(self) -> str | None:
+        try:
+            await ops.ping(self.session_factory)
+        except (SQLAlchemyError, OSError) as exc:
+            return describe_db_error(exc)
+        return None
 
     # -- snapshot
 

@@ -246,14 +246,11 @@ async def healthy() -> PlainTextResponse:
 @router.get("/-/ready", response_class=PlainTextResponse)
 @router.head("/-/ready", response_class=PlainTextResponse, include_in_schema=False)
 async def ready(request: Request) -> PlainTextResponse:
-    """200 ``OK`` when alerts can be stored (the database answers), even with every
-    Alertmanager down: queueing is the point. ``/readyz`` answers "delivering"."""
+    """200 ``OK`` when alerts can be stored (the database answers within a few seconds),
+    even with every Alertmanager down: queueing is the point. ``/readyz`` answers
+    "delivering"."""
     context: OpsContext = request.app.state.context
-    try:
-        async with transaction(context.session_factory) as session:
-            await IntakeDriver(session).ping()
-    except (SQLAlchemyError, OSError) as exc:
-        return PlainTextResponse(
-            f"not ready: database unavailable: {describe_db_error(exc)}", status_code=503
-        )
+    problem = await context.check_database()
+    if problem is not None:
+        return PlainTextResponse(f"not ready: database unavailable: {problem}", status_code=503)
     return PlainTextResponse("OK")

@@ -32,7 +32,11 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async(url: str) -> None:
-    engine = create_engine(Settings(database_url=url))
+    settings = Settings(database_url=url)
+    # On PostgreSQL connecting stays bounded but statements do not: an index build on a
+    # large legacy table may rightly take minutes, and a migration waits for its locks.
+    unbounded = {} if settings.is_sqlite else {"connect_args": {"command_timeout": None}}
+    engine = create_engine(settings, **unbounded)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
