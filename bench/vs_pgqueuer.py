@@ -350,10 +350,10 @@ def main() -> None:
         leans = [n for n in names if n.startswith("lean cycle")]
         if leans:
             best = [max(r[n]["steady"] for n in leans) for r in rounds]
-            for consumers in (1, 4):
-                floors = [r[f"floor, {consumers} consumer{'s' * (consumers > 1)}"] for r in rounds]
-                summary[f"best lean cycle / floor {consumers} consumer"] = span(
-                    [b / f["steady"] for b, f in zip(best, floors, strict=True)], True
+            for floor_name in ("floor, 1 consumer", "floor, 4 consumers"):
+                floors = [r[floor_name]["steady"] for r in rounds]
+                summary[f"best lean cycle / {floor_name.replace(',', '')}"] = span(
+                    [b / f for b, f in zip(best, floors, strict=True)], True
                 )
             summary["alertq / best lean cycle"] = span(
                 [r["alertq"]["steady"] / b for r, b in zip(rounds, best, strict=True)]
