@@ -23,11 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from alertq.breaker import INCIDENT_RECORD_HOOK
 from alertq.config import Settings
 from alertq.db import create_engine, create_session_factory
-from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
 from tests.conftest import _truncate
 from tests.integration.test_api import api_settings, serve
 from tests.integration.test_engine import enqueue_many, rows, worker_settings
+from tests.integration.test_status_page import check_health
 from tests.support.processes import wait_until
 from tests.support.stub import StubAlertmanager
 from tests.support.tcpproxy import FreezableProxy
@@ -66,11 +66,7 @@ async def within(what: Awaitable[T], seconds: float, proxy: FreezableProxy) -> t
 
 async def mark_ready(settings: Settings, context: Any) -> None:
     """Record a real readiness check of the (ready) stub, so only the database decides."""
-    probe = AlertmanagerClient.from_settings(settings)
-    try:
-        context.record_health(await probe.check_ready())
-    finally:
-        await probe.aclose()
+    await check_health(context, settings)
     assert context.any_ready
 
 
