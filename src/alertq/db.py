@@ -67,7 +67,16 @@ def describe_error(exc: BaseException) -> str:
 def is_database_error(exc: BaseException) -> bool:
     """Whether ``exc`` says the database could not be reached or used (connection refused,
     timed out, dropped, or the server refused us), rather than a bug in alertq."""
-    return isinstance(exc, OSError | TimeoutError | sa_exc.DBAPIError | sa_exc.TimeoutError)
+    if isinstance(exc, OSError | TimeoutError | sa_exc.DBAPIError | sa_exc.TimeoutError):
+        return True
+    # The claim and the record run asyncpg under the session (driver.sql.pg_connection),
+    # past SQLAlchemy's wrapping: a backend the server ended mid-cycle raises asyncpg's own
+    # errors there, or the asyncpg adapter's DBAPI ones, where elsewhere a DBAPIError is.
+    module = type(exc).__module__
+    return module.partition(".")[0] == "asyncpg" or module == _ASYNCPG_ADAPTER
+
+
+_ASYNCPG_ADAPTER = "sqlalchemy.dialects.postgresql.asyncpg"
 
 
 OUTAGE_REPEAT_SECONDS = 60.0
