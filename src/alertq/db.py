@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_only
+from sqlalchemy.util.concurrency import in_greenlet
 
 from alertq.config import Settings
 from alertq.driver import NOTIFY_CHANNEL
@@ -65,7 +67,16 @@ def describe_error(exc: BaseException) -> str:
 def is_database_error(exc: BaseException) -> bool:
     """Whether ``exc`` says the database could not be reached or used (connection refused,
     timed out, dropped, or the server refused us), rather than a bug in alertq."""
-    return isinstance(exc, OSError | TimeoutError | sa_exc.DBAPIError | sa_exc.TimeoutError)
+    if isinstance(exc, OSError | TimeoutError | sa_exc.DBAPIError | sa_exc.TimeoutError):
+        return True
+    # The claim and the record run asyncpg under the session (driver.sql.pg_connection),
+    # past SQLAlchemy's wrapping: a backend the server ended mid-cycle raises asyncpg's own
+    # errors there, or the asyncpg adapter's DBAPI ones, where elsewhere a DBAPIError is.
+    module = type(exc).__module__
+    return module.partition(".")[0] == "asyncpg" or module == _ASYNCPG_ADAPTER
+
+
+_ASYNCPG_ADAPTER = "sqlalchemy.dialects.postgresql.asyncpg"
 
 
 OUTAGE_REPEAT_SECONDS = 60.0
@@ -242,11 +253,38 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         **kwargs.get("connect_args", {}),
     }
     if kwargs.get("pool_pre_ping"):
-        return create_async_engine(url, **kwargs)
-    kwargs["pool_pre_ping"] = False
-    engine = create_async_engine(url, **kwargs)
-    _check_on_checkout(engine)
+        engine = create_async_engine(url, **kwargs)
+    else:
+        kwargs["pool_pre_ping"] = False
+        engine = create_async_engine(url, **kwargs)
+        _check_on_checkout(engine)
+    event.listen(engine.sync_engine, "close", _close_briefly)
     return engine
+
+
+CLOSE_TIMEOUT = 0.5
+"""Seconds a PostgreSQL connection's close waits for the server's goodbye before it drops
+the socket: one round trip on a live path."""
+
+
+def _close_briefly(dbapi_conn: Any, _record: Any) -> None:
+    """Close a pooled connection gracefully within :data:`CLOSE_TIMEOUT`, else drop it.
+
+    asyncpg's close waits for the server up to ``command_timeout``: on a silently dropped
+    path a shutdown's dispose took ``ALERTQ_DB_TIMEOUT`` per pooled connection, one after
+    another, and SQLAlchemy logged each timeout with a traceback. Runs before SQLAlchemy's
+    own close, which then finds the connection closed.
+    """
+    conn = dbapi_conn.driver_connection
+    if conn.is_closed():
+        return
+    if not in_greenlet():  # garbage collection: nothing may be awaited
+        conn.terminate()
+        return
+    try:
+        await_only(conn.close(timeout=CLOSE_TIMEOUT))
+    except Exception as exc:  # asyncpg has dropped the socket itself
+        log.debug("closing a database connection: %s", describe_error(exc))
 
 
 PING_AFTER_REST = 1.0

@@ -6,6 +6,7 @@ live, not the stats cache."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Iterator
@@ -252,3 +253,31 @@ async def test_db_timeout_comes_from_the_environment_and_bounds_each_statement(
             assert time.monotonic() - started < 2.5
     finally:
         await engine.dispose()
+
+
+@pytest.mark.timeout(120)
+async def test_disposing_the_pool_on_a_frozen_path_neither_waits_per_connection_nor_logs_tracebacks(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with FreezableProxy("127.0.0.1", make_url(pg_url).port or 5432) as proxy:
+        settings = Settings(database_url=through(pg_url, proxy), db_timeout=4.0)
+        engine = create_engine(settings)
+        try:
+            # Three pooled connections, as a stopping `alertq run` holds after some traffic.
+            held = [await engine.connect() for _ in range(3)]
+            for conn in held:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+            for conn in held:
+                await conn.close()
+            proxy.freeze()
+            # Shutdown disposes the pool: asyncpg's graceful close waited for the server's
+            # goodbye up to ALERTQ_DB_TIMEOUT per connection, one after another.
+            _, took = await within(engine.dispose(), HANG, proxy)
+        finally:
+            proxy.thaw()
+            await engine.dispose()
+    assert took < settings.db_timeout, took
+    # SQLAlchemy's pool and alertq only: the proxy's own teardown may log through asyncio.
+    ours = [r for r in caplog.records if r.name.startswith(("sqlalchemy", "alertq"))]
+    logged = [r for r in ours if r.levelno >= logging.WARNING or r.exc_info]
+    assert not logged, [r.getMessage() for r in logged]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,14 @@ from sqlalchemy.engine import make_url
 
 import alertq.db
 from alertq.config import Settings
-from alertq.db import DatabaseOutage, DatabaseUnreachable, create_engine, create_session_factory
+from alertq.db import (
+    DatabaseOutage,
+    DatabaseUnreachable,
+    create_engine,
+    create_session_factory,
+    is_database_error,
+)
+from alertq.driver import get_queue_driver
 from alertq.engine import AlertWorker
 from tests.conftest import _truncate
 from tests.integration.test_engine import enqueue_many, once, worker_settings
@@ -202,3 +210,36 @@ async def test_connections_the_server_ended_are_replaced_before_a_cycle_uses_the
         assert len(stub.received_alerts()) == 4
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("seen", [True, False], ids=["close-read", "close-unread"])
+async def test_a_backend_ended_under_the_drivers_asyncpg_path_is_a_database_error(
+    pg_url: str, seen: bool
+) -> None:
+    # The claim and the record run asyncpg under the session (driver.sql.pg_connection),
+    # past SQLAlchemy's error wrapping: a PostgreSQL restart between a cycle's checkout
+    # and its first statement raised asyncpg's or the adapter's own error, which the
+    # worker took for a bug in alertq (ERROR with a traceback, no outage, no backoff).
+    engine = create_engine(Settings(database_url=pg_url))
+    factory = create_session_factory(engine)
+    now = datetime.now(UTC)
+    try:
+        async with factory() as session:
+            raw = await (await session.connection()).get_raw_connection()
+            driver_conn: Any = raw.driver_connection
+            admin = await asyncpg.connect(
+                make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+            )
+            try:
+                await admin.execute("SELECT pg_terminate_backend($1)", driver_conn.get_server_pid())
+            finally:
+                await admin.close()
+            if seen:
+                await wait_until(driver_conn.is_closed, within=10, message="close never read")
+            with pytest.raises(Exception) as caught:
+                await get_queue_driver(session).alerts_claim(
+                    now, 10, now + timedelta(seconds=30), 1, "w"
+                )
+    finally:
+        await engine.dispose()
+    assert is_database_error(caught.value), repr(caught.value)
