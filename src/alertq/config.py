@@ -61,9 +61,10 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
     # Seconds PostgreSQL gets to accept a connection and to answer each statement (asyncpg's
-    # connect timeout and command_timeout): a network path that silently drops packets then
-    # fails a cycle or a request instead of hanging it. The longest statements alertq runs,
-    # the stats query on 1M rows and a purge batch, take under 0.3 s (docs/benchmarks.md).
+    # connect timeout and command_timeout), and a request waits for a pooled connection: a
+    # network path that silently drops packets then fails a cycle or a request instead of
+    # hanging it. The longest statements alertq runs, the stats query on 1M rows and a
+    # purge batch, take under 0.3 s (docs/benchmarks.md).
     db_timeout: float = Field(default=10.0, gt=0, le=3600)
 
     # Alertmanager targets and HTTP options (the delivery adapter reads these)

@@ -228,7 +228,8 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     On SQLite every connection gets WAL, a busy timeout, ``synchronous=FULL`` and
     ``BEGIN IMMEDIATE`` transactions; on PostgreSQL connections are checked before use so
     a restarted server is ridden out, and connecting and every statement are bounded by
-    ``settings.db_timeout`` (``connect_args`` in ``kwargs`` override that).
+    ``settings.db_timeout`` (``connect_args`` in ``kwargs`` override that), as is the wait
+    for a free pooled connection.
     """
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
@@ -244,6 +245,9 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     if url.get_backend_name() == "postgresql" and url.get_driver_name() != "asyncpg":
         url = url.set(drivername="postgresql+asyncpg")
     kwargs.setdefault("pool_size", settings.db_pool_size)
+    # A request waits for a free pooled connection as long as for a statement (SQLAlchemy's
+    # default is 30 s; Prometheus gives up on a send after 10 s and sends again).
+    kwargs.setdefault("pool_timeout", settings.db_timeout)
     # A silently dropped network path answers nothing, not even a reset: without these a
     # connect, a statement or the pool's checkout ping waits until TCP gives up (minutes).
     # asyncpg also bounds the cancel request it sends after a timeout by command_timeout.

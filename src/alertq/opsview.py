@@ -51,9 +51,13 @@ SHOWN_INCIDENTS = 50
 """The same bound for open incidents, newest first (``/api/incidents`` pages the rest)."""
 SUMMARY_STATUSES = ("pending", "failed", "sent", "superseded")
 READY_TIMEOUT = 2.0
-"""Seconds a readiness probe waits for the database's answer: a probe must answer, and
-fast (Kubernetes gives it 1 s by default), while the database may take up to
-``ALERTQ_DB_TIMEOUT`` to fail a statement on a silently dropped path."""
+"""Seconds a readiness probe waits for the database's answer, where the database may take
+up to ``ALERTQ_DB_TIMEOUT`` to fail a statement on a silently dropped path. A healthy one
+answers in about a millisecond; a prober with a shorter timeout (Kubernetes' default is
+1 s) counts a slower answer as a failure by itself."""
+READY_REUSE = timedelta(seconds=1)
+"""How long a database check that succeeded answers later probes (never a failed one): a
+probe flood, which needs no credentials, costs PostgreSQL one round trip a second."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +127,13 @@ class OpsContext:
         breaker: CircuitBreaker | None = None,
         worker_stats: WorkerStats | None = None,
         clock: Clock = utcnow,
+        probe_factory: Factory | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
+        # Readiness asks through its own connection (runner.py), so that a burst holding
+        # every pooled connection does not read as "database unavailable".
+        self.probe_factory = probe_factory or session_factory
         self.breaker = breaker or CircuitBreaker(settings, session_factory)
         self.worker_stats = worker_stats
         self.clock = clock
@@ -137,17 +145,21 @@ class OpsContext:
         self._generation = 0
         self._lock = asyncio.Lock()
         self._db_check: asyncio.Task[str | None] | None = None
+        self._db_ok_at: datetime | None = None
 
     # -- readiness
 
     async def check_database(self) -> str | None:
-        """None when the database answers a trivial statement now, else why not (one line,
-        safe to show). Never from a cache: a snapshot can be minutes old.
+        """None when the database answers a trivial statement now (or did within
+        :data:`READY_REUSE`), else why not (one line, safe to show). Never from the stats
+        snapshot: it can be minutes old.
 
         Waits at most :data:`READY_TIMEOUT`. A check still running then (a silent network
         path) goes on in the background, bounded by ``ALERTQ_DB_TIMEOUT``, and the next
         probes wait for it rather than pile up checks of their own.
         """
+        if self._db_ok_at is not None and self.clock() - self._db_ok_at < READY_REUSE:
+            return None
         task = self._db_check
         if task is None or task.done():
             task = self._db_check = asyncio.create_task(self._ping(), name="alertq-db-check")
@@ -157,10 +169,12 @@ class OpsContext:
         return task.result()
 
     async def _ping(self) -> str | None:
+        self._db_ok_at = None
         try:
-            await ops.ping(self.session_factory)
+            await ops.ping(self.probe_factory)
         except (SQLAlchemyError, OSError) as exc:
             return describe_db_error(exc)
+        self._db_ok_at = self.clock()
         return None
 
     # -- snapshot

@@ -278,11 +278,17 @@ async def run_service(settings: Settings) -> int:
     if settings.tls_cert_file is not None:
         url = "https" + url.removeprefix("http")
     engine = create_engine(settings)
+    probe_engine = create_engine(settings, pool_size=1, max_overflow=0)  # readiness only
     probe = AlertmanagerClient.from_settings(settings)
     try:
         factory = create_session_factory(engine)
         worker = AlertWorker(settings, factory)
-        context = OpsContext(settings, factory, worker_stats=worker.stats)
+        context = OpsContext(
+            settings,
+            factory,
+            worker_stats=worker.stats,
+            probe_factory=create_session_factory(probe_engine),
+        )
         collector = Collector(context, probe, settings.stats_cache_seconds)
         app = create_app(context)
         warn_open_intake(settings, host)
@@ -354,4 +360,5 @@ async def run_service(settings: Settings) -> int:
     finally:
         await probe.aclose()
         await engine.dispose()
+        await probe_engine.dispose()
         sock.close()

@@ -17,18 +17,21 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from alertq.breaker import INCIDENT_RECORD_HOOK
 from alertq.config import Settings
-from alertq.db import create_engine, create_session_factory
+from alertq.db import create_engine, create_session_factory, is_database_error
 from alertq.engine import AlertWorker
+from alertq.opsview import READY_REUSE, OpsContext
 from tests.conftest import _truncate
 from tests.integration.test_api import api_settings, serve
 from tests.integration.test_engine import enqueue_many, rows, worker_settings
 from tests.integration.test_status_page import check_health
+from tests.support.clock import FakeClock
 from tests.support.processes import wait_until
 from tests.support.stub import StubAlertmanager
 from tests.support.tcpproxy import FreezableProxy
@@ -79,13 +82,18 @@ async def test_readiness_answers_503_within_seconds_on_a_frozen_path_and_200_aft
         # The default ALERTQ_DB_TIMEOUT: the probes' bound is their own, shorter one.
         settings = api_settings(through(pg_url, proxy), stub.url)
         engine = create_engine(settings)
+        clock = FakeClock()
         try:
-            async with serve(settings, create_session_factory(engine)) as (client, context):
+            async with serve(settings, create_session_factory(engine), clock=clock) as (
+                client,
+                context,
+            ):
                 await mark_ready(settings, context)
                 assert (await client.get("/readyz")).status_code == 200
                 assert (await client.get("/-/ready")).text == "OK"
 
                 proxy.freeze()
+                clock.advance(READY_REUSE.total_seconds())  # the last success is too old
                 for path in ("/readyz", "/-/ready", "/readyz"):
                     response: httpx.Response
                     response, took = await within(client.get(path), HANG, proxy)
@@ -203,8 +211,12 @@ async def test_readyz_asks_the_database_now_not_the_stats_cache(
     url = make_url(pg_url).set(username=login_role).render_as_string(False)
     settings = api_settings(url, stub.url, stats_cache_seconds=3600)
     engine = create_engine(settings)
+    clock = FakeClock()
     try:
-        async with serve(settings, create_session_factory(engine)) as (client, context):
+        async with serve(settings, create_session_factory(engine), clock=clock) as (
+            client,
+            context,
+        ):
             await mark_ready(settings, context)
             assert (await client.get("/api/stats")).status_code == 200  # cached for an hour
             ready = await client.get("/readyz")
@@ -216,6 +228,7 @@ async def test_readyz_asks_the_database_now_not_the_stats_cache(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 f" WHERE usename = '{login_role}'",
             )
+            clock.advance(READY_REUSE.total_seconds())  # past the last success's reuse
             seen: list[str] = []
 
             async def refused() -> bool:
@@ -281,3 +294,72 @@ async def test_disposing_the_pool_on_a_frozen_path_neither_waits_per_connection_
     ours = [r for r in caplog.records if r.name.startswith(("sqlalchemy", "alertq"))]
     logged = [r for r in ours if r.levelno >= logging.WARNING or r.exc_info]
     assert not logged, [r.getMessage() for r in logged]
+
+
+@pytest.mark.timeout(120)
+async def test_a_successful_check_answers_probes_for_a_second_and_no_longer(
+    pg_url: str, stub: StubAlertmanager
+) -> None:
+    # An unauthenticated probe flood costs PostgreSQL one round trip a second; a failure is
+    # never reused, and a success no longer than READY_REUSE.
+    async with FreezableProxy("127.0.0.1", make_url(pg_url).port or 5432) as proxy:
+        settings = api_settings(through(pg_url, proxy), stub.url)
+        engine = create_engine(settings)
+        clock = FakeClock()
+        try:
+            async with serve(settings, create_session_factory(engine), clock=clock) as (
+                client,
+                context,
+            ):
+                await mark_ready(settings, context)
+                assert (await client.get("/-/ready")).status_code == 200
+                proxy.freeze()
+                clock.advance(READY_REUSE.total_seconds() / 2)
+                for path in ("/-/ready", "/readyz"):  # no round trip: the path is frozen
+                    response, took = await within(client.get(path), PROBE_BOUND, proxy)
+                    assert response.status_code == 200 and took < 1.0, (path, response.text)
+                clock.advance(READY_REUSE.total_seconds() / 2)
+                response, took = await within(client.get("/-/ready"), HANG, proxy)
+                assert response.status_code == 503 and took < PROBE_BOUND, response.text
+        finally:
+            proxy.thaw()
+            await engine.dispose()
+
+
+async def test_readiness_asks_through_its_own_connection_when_every_pooled_one_is_busy(
+    pg_url: str, stub: StubAlertmanager
+) -> None:
+    # A burst that holds every pooled connection is not "database unavailable".
+    settings = api_settings(pg_url, stub.url, db_timeout=5.0)
+    engine = create_engine(settings, pool_size=1, max_overflow=0)
+    probe_engine = create_engine(settings, pool_size=1, max_overflow=0)
+    factory = create_session_factory(engine)
+    try:
+        async with engine.connect() as held:  # the pool's only connection, busy
+            await held.execute(text("SELECT 1"))
+            shared = OpsContext(settings, factory)
+            answer = await shared.check_database()
+            assert answer is not None and "no answer within" in answer  # the old wiring
+            own = OpsContext(settings, factory, probe_factory=create_session_factory(probe_engine))
+            assert await own.check_database() is None
+    finally:
+        await engine.dispose()
+        await probe_engine.dispose()
+
+
+async def test_a_request_waits_for_a_pooled_connection_no_longer_than_db_timeout(
+    pg_url: str,
+) -> None:
+    settings = Settings(database_url=pg_url, db_timeout=1.0)
+    engine = create_engine(settings, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as held:
+            await held.execute(text("SELECT 1"))
+            started = time.monotonic()
+            with pytest.raises(sa_exc.TimeoutError) as caught:
+                async with engine.connect():
+                    pass
+            assert time.monotonic() - started < 3.0  # SQLAlchemy's own default is 30 s
+            assert is_database_error(caught.value)
+    finally:
+        await engine.dispose()
