@@ -23,9 +23,10 @@ run: $(VENV)/.installed-run
 	$(BIN)/alertq run
 
 ## Bring up PostgreSQL, Alertmanager, Prometheus and Chromium where it can; ruff, mypy,
-## import contracts; then the whole pytest suite (all three tiers under tests/).
+## import contracts; then the whole pytest suite (all three tiers under tests/), ending with
+## its 25 slowest tests (CI has 20 minutes).
 test: services $(VENV)/.installed-test lint
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 ## The unit tier alone: pure tests, no services and no lint, for the edit-test loop.
 test-fast: $(VENV)/.installed-test

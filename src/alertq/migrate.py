@@ -1,13 +1,21 @@
-"""Schema upgrades through Alembic, for the CLI and the tests."""
+"""Schema upgrades through Alembic, for the CLI and the tests.
+
+Alembic is imported where it is used: with Mako and Pygments it cost every ``alertq``
+command about 0.16 s of start-up, and only ``alertq db`` needs it.
+"""
 
 from __future__ import annotations
 
-from alembic import command
-from alembic.config import Config
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def alembic_config(database_url: str) -> Config:
     """An Alembic config pointing at alertq's packaged migrations and ``database_url``."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", "alertq:migrations")
     cfg.attributes["database_url"] = database_url
@@ -21,6 +29,8 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     the three tables but no ``alembic_version``: the baseline migration creates only the
     tables that are missing, and the next adds alertq's columns in place.
     """
+    from alembic import command
+
     command.upgrade(alembic_config(database_url), revision)
 
 
