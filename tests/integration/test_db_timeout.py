@@ -9,7 +9,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,12 +75,13 @@ async def mark_ready(settings: Settings, context: Any) -> None:
     assert context.any_ready
 
 
-@pytest.mark.timeout(120)
-async def test_readiness_answers_503_within_seconds_on_a_frozen_path_and_200_after(
+@asynccontextmanager
+async def ready_app_behind_proxy(
     pg_url: str, stub: StubAlertmanager
-) -> None:
+) -> AsyncIterator[tuple[FreezableProxy, httpx.AsyncClient, FakeClock]]:
+    """The ops app, its database behind a freezable proxy (default ``ALERTQ_DB_TIMEOUT``),
+    a ready Alertmanager and a fake clock; the path is thawed on the way out."""
     async with FreezableProxy("127.0.0.1", make_url(pg_url).port or 5432) as proxy:
-        # The default ALERTQ_DB_TIMEOUT: the probes' bound is their own, shorter one.
         settings = api_settings(through(pg_url, proxy), stub.url)
         engine = create_engine(settings)
         clock = FakeClock()
@@ -89,31 +91,40 @@ async def test_readiness_answers_503_within_seconds_on_a_frozen_path_and_200_aft
                 context,
             ):
                 await mark_ready(settings, context)
-                assert (await client.get("/readyz")).status_code == 200
-                assert (await client.get("/-/ready")).text == "OK"
-
-                proxy.freeze()
-                clock.advance(READY_REUSE.total_seconds())  # the last success is too old
-                for path in ("/readyz", "/-/ready", "/readyz"):
-                    response: httpx.Response
-                    response, took = await within(client.get(path), HANG, proxy)
-                    assert response.status_code == 503, (path, response.text)
-                    assert took < PROBE_BOUND, (path, took)
-                    if path == "/readyz":
-                        assert response.json()["database"].startswith("unavailable: ")
-                    else:
-                        assert response.text.startswith("not ready: database unavailable")
-
-                proxy.thaw()
-
-                async def ready_again() -> bool:
-                    readyz, relay = await client.get("/readyz"), await client.get("/-/ready")
-                    return readyz.status_code == 200 and relay.status_code == 200
-
-                await wait_until(ready_again, within=30, message="not ready after the thaw")
+                yield proxy, client, clock
         finally:
             proxy.thaw()
             await engine.dispose()
+
+
+@pytest.mark.timeout(120)
+async def test_readiness_answers_503_within_seconds_on_a_frozen_path_and_200_after(
+    pg_url: str, stub: StubAlertmanager
+) -> None:
+    # The default ALERTQ_DB_TIMEOUT: the probes' bound is their own, shorter one.
+    async with ready_app_behind_proxy(pg_url, stub) as (proxy, client, clock):
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/-/ready")).text == "OK"
+
+        proxy.freeze()
+        clock.advance(READY_REUSE.total_seconds())  # the last success is too old
+        for path in ("/readyz", "/-/ready", "/readyz"):
+            response: httpx.Response
+            response, took = await within(client.get(path), HANG, proxy)
+            assert response.status_code == 503, (path, response.text)
+            assert took < PROBE_BOUND, (path, took)
+            if path == "/readyz":
+                assert response.json()["database"].startswith("unavailable: ")
+            else:
+                assert response.text.startswith("not ready: database unavailable")
+
+        proxy.thaw()
+
+        async def ready_again() -> bool:
+            readyz, relay = await client.get("/readyz"), await client.get("/-/ready")
+            return readyz.status_code == 200 and relay.status_code == 200
+
+        await wait_until(ready_again, within=30, message="not ready after the thaw")
 
 
 @pytest.mark.timeout(120)
@@ -302,28 +313,16 @@ async def test_a_successful_check_answers_probes_for_a_second_and_no_longer(
 ) -> None:
     # An unauthenticated probe flood costs PostgreSQL one round trip a second; a failure is
     # never reused, and a success no longer than READY_REUSE.
-    async with FreezableProxy("127.0.0.1", make_url(pg_url).port or 5432) as proxy:
-        settings = api_settings(through(pg_url, proxy), stub.url)
-        engine = create_engine(settings)
-        clock = FakeClock()
-        try:
-            async with serve(settings, create_session_factory(engine), clock=clock) as (
-                client,
-                context,
-            ):
-                await mark_ready(settings, context)
-                assert (await client.get("/-/ready")).status_code == 200
-                proxy.freeze()
-                clock.advance(READY_REUSE.total_seconds() / 2)
-                for path in ("/-/ready", "/readyz"):  # no round trip: the path is frozen
-                    response, took = await within(client.get(path), PROBE_BOUND, proxy)
-                    assert response.status_code == 200 and took < 1.0, (path, response.text)
-                clock.advance(READY_REUSE.total_seconds() / 2)
-                response, took = await within(client.get("/-/ready"), HANG, proxy)
-                assert response.status_code == 503 and took < PROBE_BOUND, response.text
-        finally:
-            proxy.thaw()
-            await engine.dispose()
+    async with ready_app_behind_proxy(pg_url, stub) as (proxy, client, clock):
+        assert (await client.get("/-/ready")).status_code == 200
+        proxy.freeze()
+        clock.advance(READY_REUSE.total_seconds() / 2)
+        for path in ("/-/ready", "/readyz"):  # no round trip: the path is frozen
+            response, took = await within(client.get(path), PROBE_BOUND, proxy)
+            assert response.status_code == 200 and took < 1.0, (path, response.text)
+        clock.advance(READY_REUSE.total_seconds() / 2)
+        response, took = await within(client.get("/-/ready"), HANG, proxy)
+        assert response.status_code == 503 and took < PROBE_BOUND, response.text
 
 
 async def test_readiness_asks_through_its_own_connection_when_every_pooled_one_is_busy(
