@@ -183,8 +183,10 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-MAX_CONCURRENCY = 64
-"""The bound ``ALERTQ_CONCURRENCY`` has: the flag allowed 1,000 loops the variable refused."""
+MAX_CONCURRENCY = next(
+    m.le for m in Settings.model_fields["concurrency"].metadata if hasattr(m, "le")
+)
+"""``ALERTQ_CONCURRENCY``'s own bound: the flag allowed 1,000 loops the variable refused."""
 
 
 @app.command()

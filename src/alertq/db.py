@@ -64,6 +64,9 @@ def describe_error(exc: BaseException) -> str:
     return f"{name}: {first}" if first else name
 
 
+_ASYNCPG_ADAPTER = "sqlalchemy.dialects.postgresql.asyncpg"
+
+
 def is_database_error(exc: BaseException) -> bool:
     """Whether ``exc`` says the database could not be reached or used (connection refused,
     timed out, dropped, or the server refused us), rather than a bug in alertq."""
@@ -74,9 +77,6 @@ def is_database_error(exc: BaseException) -> bool:
     # errors there, or the asyncpg adapter's DBAPI ones, where elsewhere a DBAPIError is.
     module = type(exc).__module__
     return module.partition(".")[0] == "asyncpg" or module == _ASYNCPG_ADAPTER
-
-
-_ASYNCPG_ADAPTER = "sqlalchemy.dialects.postgresql.asyncpg"
 
 
 OUTAGE_REPEAT_SECONDS = 60.0
@@ -365,9 +365,7 @@ class EnqueueListener:
     disconnected are lost. Polling stays the fallback.
     """
 
-    def __init__(
-        self, database_url: str, on_notify: Callable[[], None], *, timeout: float = 10.0
-    ) -> None:
+    def __init__(self, database_url: str, on_notify: Callable[[], None], *, timeout: float) -> None:
         url = make_url(database_url)
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._on_notify = on_notify

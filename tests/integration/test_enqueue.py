@@ -332,7 +332,7 @@ async def test_notify_wakes_a_listener_only_when_the_enqueue_commits(
     db_url: str, session_factory: Factory
 ) -> None:
     woken = asyncio.Event()
-    listener = EnqueueListener(db_url, woken.set)
+    listener = EnqueueListener(db_url, woken.set, timeout=Settings(database_url=db_url).db_timeout)
     await listener.start()
     try:
         # The listener calls back once when its LISTEN is in place.
