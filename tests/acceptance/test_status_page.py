@@ -7,6 +7,7 @@ and ``tests/integration/test_status_page.py``.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,13 @@ from tests.support import free_port
 from tests.support.processes import alertq_env, start_alertq, wait_until
 from tests.support.stub import StubAlertmanager
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where the screenshots go: ``ALERTQ_TEST_SCREENSHOTS=docs/screenshots`` refreshes the
+    README's images; by default a temporary directory, so a test run leaves the checkout
+    as it found it."""
+    chosen = os.environ.get("ALERTQ_TEST_SCREENSHOTS")
+    return Path(chosen) if chosen else tmp_path / "screenshots"
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -58,6 +65,7 @@ async def _shown(page: Page) -> dict[str, str]:
 async def test_chromium_shows_the_numbers_of_api_stats_and_saves_screenshots(
     tmp_path: Path, sqlite_template: Path, stub: StubAlertmanager
 ) -> None:
+    shots = screenshot_dir(tmp_path)
     db = tmp_path / "alertq.db"
     shutil.copy(sqlite_template, db)
     db_url = f"sqlite+aiosqlite:///{db}"
@@ -154,8 +162,8 @@ async def test_chromium_shows_the_numbers_of_api_stats_and_saves_screenshots(
                         assert dead in ams and stub.url in ams
                         assert await page.locator("#no-alertmanager").count() == 0
                         assert "costsim_v2" in await page.inner_text("#incidents")
-                        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                        await page.screenshot(path=str(SCREENSHOTS / "status-desktop.png"))
+                        shots.mkdir(parents=True, exist_ok=True)
+                        await page.screenshot(path=str(shots / "status-desktop.png"))
 
                         phone = await browser.new_page(
                             viewport={"width": 390, "height": 844},
@@ -166,9 +174,10 @@ async def test_chromium_shows_the_numbers_of_api_stats_and_saves_screenshots(
                         assert await _shown(phone) == shown
                         width = await phone.evaluate("document.documentElement.scrollWidth")
                         assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
-                        await phone.screenshot(path=str(SCREENSHOTS / "status-phone.png"))
+                        await phone.screenshot(path=str(shots / "status-phone.png"))
                     finally:
                         await browser.close()
     finally:
         await engine.dispose()
-    assert (SCREENSHOTS / "status-desktop.png").stat().st_size > 10_000
+    for name in ("status-desktop.png", "status-phone.png"):
+        assert (shots / name).stat().st_size > 10_000, name
