@@ -23,7 +23,12 @@ from pydantic_settings import (
 )
 
 from alertq.alerts import check_generator_url
-from alertq.limits import parse_duration  # re-exported: callers import it from here
+from alertq.limits import (  # parse_duration is re-exported: callers import it from here
+    MAX_DRIFT_SCORE,
+    MAX_ERROR_COUNT,
+    MAX_NAME_LENGTH,
+    parse_duration,
+)
 
 __all__ = ["DeliveryQuorum", "Settings", "get_settings", "parse_duration"]
 
@@ -33,6 +38,10 @@ class DeliveryQuorum(StrEnum):
 
     ANY = "any"
     ALL = "all"
+
+
+_HOUR = 3600
+_DAY = 24 * _HOUR
 
 
 def _without_userinfo(url: str) -> str:
@@ -52,14 +61,17 @@ class Settings(BaseSettings):
     """Every knob of alertq. Field ``x`` is set by ``ALERTQ_X``."""
 
     # hide_input_in_errors: a bad URL setting may carry a password; the message must not.
+    # allow_inf_nan=False: "inf" and "nan" parse as floats, and NaN passes every bound (a
+    # comparison with it is False). Every number below has an upper bound too: a lease of
+    # 1e12 s overflowed the claim's datetime on every cycle (a traceback a second).
     model_config = SettingsConfigDict(
-        env_prefix="ALERTQ_", extra="ignore", hide_input_in_errors=True
+        env_prefix="ALERTQ_", extra="ignore", hide_input_in_errors=True, allow_inf_nan=False
     )
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///./alertq.db"
-    db_pool_size: int = Field(default=10, ge=1)
-    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0, le=_HOUR * 1000)
     # Seconds PostgreSQL gets to accept a connection and to answer each statement (asyncpg's
     # connect timeout and command_timeout), and a request waits for a pooled connection: a
     # network path that silently drops packets then fails a cycle or a request instead of
@@ -71,7 +83,7 @@ class Settings(BaseSettings):
     alertmanager_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://127.0.0.1:9093"]
     )
-    alertmanager_timeout: float = Field(default=10.0, gt=0)
+    alertmanager_timeout: float = Field(default=10.0, gt=0, le=600)
     alertmanager_username: str | None = None
     alertmanager_password: SecretStr | None = None
     alertmanager_bearer_token: SecretStr | None = None
@@ -79,16 +91,17 @@ class Settings(BaseSettings):
     alertmanager_tls_verify: bool = True
 
     # Engine
-    lease_seconds: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=10, ge=1)
+    lease_seconds: float = Field(default=30.0, gt=0, le=_HOUR)
+    # Fits the 32-bit ``max_attempts`` column; at the default backoff cap, about 350 days.
+    max_attempts: int = Field(default=10, ge=1, le=100_000)
     batch_size: int = Field(default=256, ge=1, le=256)
     # Delivery loops per process; unset, ``delivery_loops`` chooses by role and backend.
     concurrency: int | None = Field(default=None, ge=1, le=64)
     delivery_quorum: DeliveryQuorum = DeliveryQuorum.ANY
-    poll_interval: float = Field(default=1.0, gt=0)
-    backoff_base: float = Field(default=2.0, gt=0)
-    backoff_cap: float = Field(default=300.0, gt=0)
-    notify_throttle: float = Field(default=0.01, ge=0)
+    poll_interval: float = Field(default=1.0, gt=0, le=60)
+    backoff_base: float = Field(default=2.0, gt=0, le=_HOUR)
+    backoff_cap: float = Field(default=300.0, gt=0, le=_DAY)
+    notify_throttle: float = Field(default=0.01, ge=0, le=10)
 
     # Wake-up on SQLite (issue 10): how often an idle worker reads PRAGMA data_version to
     # notice another process's commit. Each look is a timer wake-up (~0.15 ms of CPU here):
@@ -97,26 +110,31 @@ class Settings(BaseSettings):
     sqlite_wake_interval: float = Field(default=0.04, gt=0, le=60)
 
     # Keep-alive (Prometheus semantics: resend firing alerts, resend resolved ones for a while)
-    resend_interval: float = Field(default=60.0, gt=0)
-    resolved_retention: float = Field(default=900.0, ge=0)
+    resend_interval: float = Field(default=60.0, gt=0, le=_HOUR)
+    resolved_retention: float = Field(default=900.0, ge=0, le=30 * _DAY)
 
     # Circuit breaker
-    drift_threshold: float = 0.2
-    failure_threshold: int = Field(default=3, ge=1)
-    schema_error_threshold: int = Field(default=5, ge=1)
-    default_disable_ttl: float | None = Field(default=None, gt=0)
-    severity_p1_drift: float = 0.5
-    severity_p2_drift: float = 0.3
-    instance: str = "alertq"
-    runbook_url: str = "https://runbooks.example.com/alertq/circuit-breaker"
+    drift_threshold: float = Field(default=0.2, ge=-MAX_DRIFT_SCORE, le=MAX_DRIFT_SCORE)
+    failure_threshold: int = Field(default=3, ge=1, le=MAX_ERROR_COUNT)
+    schema_error_threshold: int = Field(default=5, ge=1, le=MAX_ERROR_COUNT)
+    # At most what ``--until`` accepts (9999 weeks), so ``now + ttl`` is a valid datetime.
+    default_disable_ttl: float | None = Field(default=None, gt=0, le=9999 * 7 * _DAY)
+    severity_p1_drift: float = Field(default=0.5, ge=-MAX_DRIFT_SCORE, le=MAX_DRIFT_SCORE)
+    severity_p2_drift: float = Field(default=0.3, ge=-MAX_DRIFT_SCORE, le=MAX_DRIFT_SCORE)
+    instance: str = Field(default="alertq", max_length=MAX_NAME_LENGTH)
+    runbook_url: str = Field(
+        default="https://runbooks.example.com/alertq/circuit-breaker", max_length=2048
+    )
     generator_url: str | None = None
 
     # Operations
     http_addr: str = "127.0.0.1:8787"
     api_token: SecretStr | None = None
     log_format: str = Field(default="text", pattern="^(text|json)$")
-    log_level: str = "INFO"
-    stats_cache_seconds: float = Field(default=5.0, ge=0)
+    log_level: str = Field(
+        default="INFO", pattern="(?i)^(debug|info|warning|error|critical)$", max_length=8
+    )
+    stats_cache_seconds: float = Field(default=5.0, ge=0, le=_HOUR)
 
     # Security (issue 9): request size limit and the proxies whose forwarded headers count
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
@@ -128,7 +146,7 @@ class Settings(BaseSettings):
     intake_bearer_token: SecretStr | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    replay_interval: float = Field(default=2.0, gt=0)
+    replay_interval: float = Field(default=2.0, gt=0, le=_HOUR)
 
     # Red team (intake bounds): alerts in one POST /api/v2/alerts body. Alertmanager has no
     # limit, but parsing ~165k tiny alerts (a 4 MiB body) froze the server for 22 s.
@@ -140,6 +158,12 @@ class Settings(BaseSettings):
     # after): frees the connection of a sender that stalls (httpguard.HeaderBoundProtocol
     # for the headers, RequestGuard for the body).
     body_timeout: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("concurrency", "default_disable_ttl", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # ALERTQ_CONCURRENCY= (a template that rendered nothing) means "the default".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("alertmanager_urls", mode="before")
     @classmethod

@@ -299,6 +299,20 @@ async def test_lease_not_longer_than_timeout_is_refused_with_exit_2(tmp_path: Pa
     assert not (tmp_path / "q.db").exists()  # refused before touching the database
 
 
+async def test_an_unbounded_lease_is_refused_at_start_with_one_line(tmp_path: Path) -> None:
+    """It once started a worker whose every claim overflowed a datetime, logging a
+    traceback a second and delivering nothing."""
+    env = alertq_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'q.db'}", "http://127.0.0.1:9", lease_seconds=1e12
+    )
+    result = await run_alertq_async(["worker", "--drain"], env, cwd=tmp_path)
+    assert result.returncode == 2, result.describe()
+    assert result.stderr.strip().splitlines() == [
+        "alertq: invalid configuration: lease_seconds: Input should be less than or equal to 3600"
+    ]
+    assert not (tmp_path / "q.db").exists()
+
+
 async def test_invalid_alertmanager_url_is_refused_without_echoing_its_password(
     tmp_path: Path,
 ) -> None:
