@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import pickle
 import re
 import string
@@ -397,15 +398,23 @@ def test_parse_never_raises_anything_else(raw: str | bytes) -> None:
         parse_payload(raw)
 
 
-label_names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,15}", fullmatch=True)
+# [a-zA-Z_][a-zA-Z0-9_]{0,15}, built from two draws: st.from_regex took two thirds of this
+# file's run time (the unit tier has 30 s).
+label_names = st.builds(
+    operator.add,
+    st.sampled_from(string.ascii_letters + "_"),
+    st.text(alphabet=string.ascii_letters + string.digits + "_", max_size=15),
+)
 # Valid UTF-8 text without NUL: no surrogates (Cs), no NUL.
 label_values = st.text(
     alphabet=st.characters(codec="utf-8", exclude_characters="\x00"),
     min_size=1,
     max_size=20,
 )
-label_sets = st.dictionaries(label_names, label_values, max_size=6).flatmap(
-    lambda extra: label_values.map(lambda name: {**extra, "alertname": name})
+label_sets = st.builds(
+    lambda extra, name: {**extra, "alertname": name},
+    st.dictionaries(label_names, label_values, max_size=6),
+    label_values,
 )
 
 

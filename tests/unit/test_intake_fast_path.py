@@ -191,33 +191,47 @@ _FIELDS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+_KEYS = st.lists(st.sampled_from([*_FIELDS, "Labels", "ENDSAT", "status"]), max_size=6)
+_OTHER = _scalar()
+
+
 @st.composite
 def _alert(draw: st.DrawFn) -> Any:
-    keys = draw(st.lists(st.sampled_from([*_FIELDS, "Labels", "ENDSAT", "status"]), max_size=6))
+    keys = draw(_KEYS)
     pairs = _Obj()
     for key in keys:
-        field = _FIELDS.get({"Labels": "labels", "ENDSAT": "endsAt"}.get(key, key), _scalar())
+        field = _FIELDS.get({"Labels": "labels", "ENDSAT": "endsAt"}.get(key, key), _OTHER)
         pairs.append((key, draw(field)))
     return pairs
+
+
+# The ordinary alert's parts, built once: built inside the composite on every draw, they
+# cost more than the test itself (the unit tier has 30 s).
+_ORDINARY_NAMES = st.sampled_from(["alertname", "job", "instance", "severity", "a_b"])
+_ORDINARY_LABELS = st.dictionaries(
+    _ORDINARY_NAMES,
+    st.one_of(st.sampled_from(["x", "node-1:9100", "é ✓"]), st.text(min_size=1, max_size=4)),
+    min_size=1,
+    max_size=4,
+)
+_ORDINARY_ANNOTATIONS = st.dictionaries(_ORDINARY_NAMES, st.text(max_size=6), max_size=3)
+_ORDINARY_TIME = st.sampled_from(_TIMES[:8] + _TIMES[10:13])
+_ORDINARY_URL = st.sampled_from(_URLS[:6] + _URLS[8:12])
 
 
 @st.composite
 def _ordinary_alert(draw: st.DrawFn) -> Any:
     """Mostly well-formed alerts, so the fast path answers and is compared."""
-    names = st.sampled_from(["alertname", "job", "instance", "severity", "a_b"])
-    values = st.one_of(
-        st.sampled_from(["x", "node-1:9100", "é ✓"]), st.text(min_size=1, max_size=4)
-    )
-    labels = draw(st.dictionaries(names, values, min_size=1, max_size=4))
+    labels = draw(_ORDINARY_LABELS)
     alert = _Obj([("labels", _Obj(labels.items()))])
     if draw(st.booleans()):
-        annotations = draw(st.dictionaries(names, st.text(max_size=6), max_size=3))
+        annotations = draw(_ORDINARY_ANNOTATIONS)
         alert.append(("annotations", _Obj(annotations.items())))
     for key in ("startsAt", "endsAt"):
         if draw(st.booleans()):
-            alert.append((key, draw(st.sampled_from(_TIMES[:8] + _TIMES[10:13]))))
+            alert.append((key, draw(_ORDINARY_TIME)))
     if draw(st.booleans()):
-        alert.append(("generatorURL", draw(st.sampled_from(_URLS[:6] + _URLS[8:12]))))
+        alert.append(("generatorURL", draw(_ORDINARY_URL)))
     return alert
 
 
