@@ -138,6 +138,10 @@ def create_app(context: OpsContext) -> FastAPI:
         version="1",
         summary="Queue stats, retries, purges and circuit breakers of an alertq deployment.",
         responses={**_DB_DOWN, **_FRONT_DOOR},
+        # Starlette's redirect to the path without its trailing slash built its Location
+        # from the request's Host header: a 404 instead (the relay takes Alertmanager's
+        # trailing-slash paths itself).
+        redirect_slashes=False,
     )
     app.state.context = context
 
@@ -160,7 +164,7 @@ def create_app(context: OpsContext) -> FastAPI:
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     # The relay's intake first: the busiest route, matched before any other.
-    app.router.routes.insert(0, relay.intake_route)
+    app.router.routes[:0] = relay.intake_routes
     _routes(app)
     app.include_router(relay.router)
     app.add_middleware(

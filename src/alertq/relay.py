@@ -43,7 +43,7 @@ __all__ = [
     "RELAY_ALERT_TYPE",
     "intake_auth_enabled",
     "intake_auth_scheme",
-    "intake_route",
+    "intake_routes",
     "router",
 ]
 
@@ -190,8 +190,13 @@ async def _post_alerts(request: Request) -> Response:
 # A plain Starlette route, not a FastAPI one: no dependency solving or response model
 # per request, and the app puts it first so the router and RequestGuard's token lookup
 # find it at once. It still passes every middleware (RequestGuard's size limits and
-# client address) and the app's exception handlers.
-intake_route = Route("/api/v2/alerts", post_alerts, methods=["POST"], include_in_schema=False)
+# client address) and the app's exception handlers. Alertmanager's API router ignores one
+# trailing slash, and so does the relay: a script that posts to ``/api/v2/alerts/`` works
+# against either (the app does not redirect; a redirect's Location came from the Host header).
+intake_routes = [
+    Route(path, post_alerts, methods=["POST"], include_in_schema=False)
+    for path in ("/api/v2/alerts", "/api/v2/alerts/")
+]
 
 
 def _status_body(context: OpsContext, now: datetime) -> dict[str, Any]:
@@ -229,6 +234,7 @@ def _targets(settings: Settings) -> list[str]:
 
 
 @router.get("/api/v2/status", summary="Alertmanager's status, as amtool and Grafana read it.")
+@router.get("/api/v2/status/", include_in_schema=False)
 async def status(request: Request) -> JSONResponse:
     """``cluster``, ``versionInfo``, ``config.original`` and ``uptime`` (when this alertq
     started), the fields Alertmanager's schema requires."""

@@ -129,3 +129,53 @@ async def test_corpus_answers_and_stores_what_alertmanager_does(
     assert len(want_alerts) > 300  # the 300-alert body and the others are really listed
     for labels, expected in want_alerts.items():
         assert_same_alert(expected, got_alerts[labels])
+
+
+# (method, path, body): Alertmanager's API router ignores one trailing slash; Go's mux
+# redirects a doubled slash and a trailing slash on /-/ paths (301, relative Location).
+SLASH_CASES = [
+    ("POST", "/api/v2/alerts/", b'[{"labels":{"alertname":"Slash","case":"one"}}]'),
+    ("POST", "/api/v2/alerts", b'[{"labels":{"alertname":"Slash","case":"none"}}]'),
+    ("GET", "/api/v2/status/", None),
+    ("POST", "/api/v2/alerts//", b'[{"labels":{"alertname":"Slash","case":"two"}}]'),
+    ("GET", "/-/ready/", None),
+    ("GET", "/-/healthy/", None),
+]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_trailing_slashes_are_routed_as_alertmanager_does_and_never_redirect_to_the_host(
+    db_url: str, alertmanager_factory: Callable[..., AlertmanagerProcess]
+) -> None:
+    """Where Alertmanager answers 2xx, alertq answers the same and stores the alert; where
+    it does not, alertq refuses (404/405) and stores nothing. alertq never redirects: the
+    Location of Starlette's trailing-slash redirect was built from the Host header."""
+    reference = alertmanager_factory()
+    settings = relay_settings(db_url, "http://127.0.0.1:9")
+    engine = create_engine(settings)
+    factory = create_session_factory(engine)
+    app = create_app(OpsContext(settings, factory))
+    transport = httpx.ASGITransport(app=app)
+    headers = {**JSON, "Host": "evil.example"}
+    try:
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://relay") as relay,
+            httpx.AsyncClient(base_url=reference.url, trust_env=False, timeout=10) as am,
+        ):
+            stored = set()
+            for method, path, body in SLASH_CASES:
+                want = await am.request(method, path, content=body, headers=headers)
+                got = await relay.request(method, path, content=body, headers=headers)
+                assert "location" not in got.headers, (path, got.headers)
+                if want.is_success:
+                    assert got.status_code == want.status_code, (path, got.text)
+                    if body is not None:
+                        stored.add(json.loads(body)[0]["labels"]["case"])
+                else:
+                    assert got.status_code in (404, 405), (path, want.status_code, got.text)
+        async with transaction(factory) as session:
+            rows = (await session.scalars(select(CostSimAlertQueueModel))).all()
+        assert {row.payload[0]["labels"]["case"] for row in rows} == stored == {"one", "none"}
+        assert "Slash" in {a["labels"]["alertname"] for a in listing(reference.url).values()}
+    finally:
+        await engine.dispose()
