@@ -151,6 +151,13 @@ class CostSimAlertQueueModel(Base):
             postgresql_where=text("status = 'pending' AND next_attempt_at IS NOT NULL"),
             sqlite_where=text("status = 'pending'"),
         ),
+        # The claim's in-flight lookup (migration 0007): rows enter it while leased.
+        # PostgreSQL only: SQLite's claim probes the fingerprint index per candidate.
+        Index(
+            "ix_costsim_alert_queue_leased",
+            "leased_until",
+            postgresql_where=text("status = 'pending' AND leased_until IS NOT NULL"),
+        ).ddl_if(dialect="postgresql"),
         Index(
             "ix_costsim_alert_queue_pending_fingerprint",
             "fingerprint",
