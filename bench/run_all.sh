@@ -25,7 +25,7 @@ for arg in "$@"; do
   esac
 done
 if [ ${#selected[@]} -eq 0 ]; then
-  selected=(stats_1m floor vs_pgqueuer throughput latency producer memory intake)
+  selected=(stats_1m floor vs_pgqueuer claim_backlog throughput latency producer memory intake)
 fi
 
 args_for() {
@@ -36,6 +36,7 @@ args_for() {
     stats_1m)   echo "--rows 100000 --runs 3" ;;
     floor)      echo "--rows 10000 --runs 1" ;;
     vs_pgqueuer) echo "--rows 10000 --runs 1 --sweep-rows 5000" ;;
+    claim_backlog) echo "--backlogs 0,30000 --drain-rows 5000 --runs 1" ;;
     throughput) echo "--rows-postgres 5000 --rows-sqlite 5000 --workers 1,4 --runs 1 --legacy-seconds 5" ;;
     latency)    echo "--seconds 5 --runs 1 --legacy-low-rate 0 --idle-seconds 5" ;;
     producer)   echo "--samples 300 --runs 1 --background-rows 10000" ;;
@@ -56,7 +57,7 @@ done
   echo
   echo "Joined by \`bench/run_all.sh\` from each benchmark's latest results; each section gives"
   echo "its command, date and load average. Figures are medians of the stated runs on a shared machine."
-  for name in stats_1m floor vs_pgqueuer throughput latency producer memory intake; do
+  for name in stats_1m floor vs_pgqueuer claim_backlog throughput latency producer memory intake; do
     if [ -f "$OUT/$name.md" ]; then
       echo
       cat "$OUT/$name.md"
