@@ -11,6 +11,11 @@ In this order, before a single body byte is read:
    ``ALERTQ_MAX_REQUEST_BYTES`` is refused at once with 413, and a body without one
    (chunked) is counted as it streams in and refused as soon as it passes the limit.
 
+After the app: a response sent before the request's body was read in full (a 401, a 404,
+any refusal) closes the connection. uvicorn re-arms nothing once such a response is out,
+so a client that then trickled body bytes held its connection (one of
+``ALERTQ_MAX_CONNECTIONS``) for ever.
+
 Being one middleware around the whole app, it covers routes added later (the relay's
 ``/api/v2/alerts``) without a per-route case.
 
@@ -152,11 +157,18 @@ class RequestGuard:
         # The first of repeated headers, as Starlette's ``headers.get`` (and so the
         # routes' own token check) reads them: both must judge the same value.
         headers: dict[str, str] = {}
+        forwarded: list[str] = []
         for key, value in scope["headers"]:
-            headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+            name = key.decode("latin-1").lower()
+            headers.setdefault(name, value.decode("latin-1"))
+            if name == "x-forwarded-for":
+                forwarded.append(value.decode("latin-1"))
         client = scope.get("client")
         if client:
-            host = forwarded_client(client[0], headers.get("x-forwarded-for"), self.trusted)
+            # Every line, joined (RFC 9110): HAProxy adds its own line after the client's,
+            # and the first line alone was the client's choice.
+            chain = ",".join(forwarded) or None
+            host = forwarded_client(client[0], chain, self.trusted)
             scope = {**scope, "client": (host, client[1])}
         if self.needs_token(scope):
             refused = check_bearer(self.settings, headers.get("authorization"))
@@ -173,12 +185,15 @@ class RequestGuard:
             if int(length) > limit:
                 await _reply(send, 413, f"request body too large (max {limit} bytes)")
                 return
-        await self._limited(scope, receive, send, limit)
+        has_body = "transfer-encoding" in headers or (length is not None and int(length) > 0)
+        await self._limited(scope, receive, send, limit, has_body)
 
-    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def _limited(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, has_body: bool
+    ) -> None:
         received = 0
         started = False
-        complete = False
+        complete = not has_body
         # The whole body must arrive by then: a stalled body otherwise held its connection
         # (one of ALERTQ_MAX_CONNECTIONS) and its buffer for ever.
         deadline = asyncio.get_running_loop().time() + self.settings.body_timeout
@@ -203,6 +218,9 @@ class RequestGuard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if not complete:  # the rest of the body is never read: close after
+                    kept = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+                    message = {**message, "headers": [*kept, (b"connection", b"close")]}
             await send(message)
 
         try:

@@ -151,3 +151,85 @@ async def test_request_headers_over_64_kib_are_refused_431(db_url: str, tmp_path
             # Ordinary headers (a few KiB) still pass, on a new connection.
             ok = await client.get(f"{url}/-/healthy", headers={"X-Ok": "a" * 8000})
             assert ok.status_code == 200, server.describe()
+
+
+def _unread_body(port: int, path: str) -> tuple[socket.socket, bytes]:
+    """POST with a 1,000-byte body declared and none sent; the answer (the app reads no
+    body: 401 from the intake, 404), then one byte of the body."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n".encode()
+    )
+    answer = sock.recv(4096)
+    sock.sendall(b"[")
+    return sock, answer
+
+
+async def test_a_connection_answered_before_its_body_was_read_is_closed(
+    db_url: str, tmp_path: Path
+) -> None:
+    # Red-team pass 3: uvicorn's keep-alive timer is cancelled by any byte that arrives,
+    # and body bytes after a complete response re-arm nothing. Unauthenticated, each
+    # socket answered 401 (or 404) and then fed one more byte was held for ever: with
+    # ALERTQ_MAX_CONNECTIONS of them, every other request got 503.
+    port = free_port()
+    env = alertq_env(
+        db_url,
+        http_addr=f"127.0.0.1:{port}",
+        max_connections=4,
+        intake_bearer_token="intake-secret",
+    )
+    url = f"http://127.0.0.1:{port}"
+    with start_alertq(["run"], env, cwd=tmp_path) as server:
+        await until_ready(server, url)
+        held = [_unread_body(port, "/api/v2/alerts") for _ in range(2)]
+        held.append(_unread_body(port, "/no/such/route"))
+        try:
+            for sock, answer in held:
+                head = answer.split(b"\r\n\r\n")[0].lower()
+                assert head.startswith((b"http/1.1 401", b"http/1.1 404")), answer
+                assert b"\r\nconnection: close" in head, answer
+                sock.settimeout(10)
+                with contextlib.suppress(ConnectionResetError):
+                    while sock.recv(4096):  # the rest of the answer, then the server's close
+                        pass
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+                assert (await client.get(f"{url}/-/healthy")).status_code == 200
+                # A request whose body was read keeps its connection (Prometheus reuses it).
+                ok = await client.post(
+                    f"{url}/api/v2/alerts",
+                    json=[{"labels": {"alertname": "KeepAlive"}}],
+                    headers={"Authorization": "Bearer intake-secret"},
+                )
+                assert ok.status_code == 200, ok.text
+                assert ok.headers.get("connection") != "close"
+        finally:
+            for sock, _ in held:
+                sock.close()
+
+
+async def test_every_x_forwarded_for_line_counts_not_only_the_first(
+    db_url: str, tmp_path: Path
+) -> None:
+    # Red-team pass 3: HAProxy's `option forwardfor` adds its own header line after the
+    # client's; reading the first line alone made the audit actor (and the intake's
+    # source address) whatever the client wrote.
+    port = free_port()
+    env = alertq_env(
+        db_url, http_addr=f"127.0.0.1:{port}", api_token="t0ken", trusted_proxies="127.0.0.1"
+    )
+    url = f"http://127.0.0.1:{port}"
+    with start_alertq(["run"], env, cwd=tmp_path) as server:
+        await until_ready(server, url)
+        headers = [
+            ("Authorization", "Bearer t0ken"),
+            ("X-Forwarded-For", "6.6.6.6"),  # written by the client
+            ("X-Forwarded-For", "10.9.8.7"),  # added by the proxy
+        ]
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            r = await client.post(
+                f"{url}/api/breakers/xff/trip", json={"reason": "x"}, headers=headers
+            )
+        assert r.status_code == 200, r.text
+        assert r.json()["disabled_by"] == "api@10.9.8.7", r.json()
