@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from alertq import limits
 from alertq.alerts import InvalidAlertPayload
 from alertq.config import parse_duration
 from alertq.managed import HeartbeatView, ManagedAlerts, ManagedAlertView, Outcome
@@ -24,7 +25,7 @@ __all__ = ["managed_router"]
 log = logging.getLogger("alertq.api")
 
 MAX_PAIRS = 64
-HEARTBEAT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}$"
+HEARTBEAT_NAME_PATTERN = limits.NAME_PATTERN  # the service checks the same (managed.py)
 NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,199}$"
 # The schema states every rule the service checks, and pydantic enforces exactly it (so
 # clients and schemathesis know them); the service still checks them all itself.

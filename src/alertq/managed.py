@@ -53,6 +53,7 @@ from alertq.db import create_engine, create_session_factory, transaction
 from alertq.driver import get_queue_driver
 from alertq.driver.managed import ManagedDriver, ManagedDue
 from alertq.enqueue import enqueue_alert
+from alertq.limits import check_name
 from alertq.models import (
     HeartbeatModel,
     HeartbeatState,
@@ -90,7 +91,6 @@ HEARTBEAT_ALERTNAME = "HeartbeatMissing"
 MAX_EXPIRES_IN = timedelta(days=1000)
 MAX_HEARTBEAT_WINDOW = timedelta(days=1000)
 MIN_HEARTBEAT_WINDOW = timedelta(seconds=1)
-MAX_NAME_LENGTH = 200
 KEEPALIVE_BATCH = 1000
 KEEPALIVE_MAX_BATCHES = 20
 """A pass handles at most BATCH × MAX_BATCHES due alerts; the rest wait for the next tick."""
@@ -203,11 +203,9 @@ def _expires_in(value: float | timedelta | None) -> timedelta | None:
 
 
 def _heartbeat_name(name: object) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("a heartbeat needs a non-empty name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"heartbeat name is longer than {MAX_NAME_LENGTH} characters")
-    return name
+    """The API's rule for every caller (the CLI and the Python API took any text: a name
+    with a newline reached the label sent to Alertmanager, and the API could never ping it)."""
+    return check_name(name, "heartbeat name")
 
 
 def _window(value: float | timedelta) -> timedelta:

@@ -73,6 +73,10 @@ async def test_cli_fire_resolve_heartbeat_and_listing(
         (["heartbeat", "backup", "--within", "soon"], "--within: invalid duration"),
         (["heartbeat", "backup", "--within", "1h", "-l", "heartbeat=x"], "set by alertq"),
         (["alerts"], "pass --managed"),
+        # The API's name rule, for the CLI and the Python API too (red-team pass 3).
+        (["heartbeat", "hb\nline2", "--within", "1h"], "invalid heartbeat name 'hb\\nline2'"),
+        (["heartbeat", "nightly backup", "--within", "1h"], "invalid heartbeat name"),
+        (["heartbeat", "x" * 201, "--within", "1h"], "heartbeat name is too long"),
     ],
 )
 async def test_cli_bad_input_exits_2_with_the_rule_and_stores_nothing(

@@ -216,8 +216,10 @@ async def test_heartbeat_ping_records_the_deadline_and_refuses_bad_input(
     assert listed.name == "backup" and listed.labels == {"team": "ops"}
     with pytest.raises(ValueError, match="between"):
         await service.heartbeat("backup", 0)
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="invalid heartbeat name"):
         await service.heartbeat(" ", 60)
+    with pytest.raises(ValueError, match="invalid heartbeat name"):  # the API's rule too
+        await service.heartbeat("hb\nline2", 60)
     with pytest.raises(InvalidAlertPayload, match="alertname is set by alertq"):
         await service.heartbeat("backup", 60, {"alertname": "X"})
     with pytest.raises(InvalidAlertPayload, match="invalid label name"):

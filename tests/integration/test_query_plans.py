@@ -173,6 +173,18 @@ async def test_claim_on_a_mostly_sent_queue_walks_the_partial_due_index(
     }, used
 
 
+async def two_batches_in_flight(session_factory: async_sessionmaker[AsyncSession]) -> None:
+    """Two loops' batches claimed and not yet recorded, as in a busy drain."""
+    for token in (1, 2):
+        async with session_factory() as session:
+            await session.begin()
+            now = datetime.now(UTC)
+            lease = now + timedelta(seconds=30)
+            rows = await get_alert_driver(session).alerts_claim(now, 256, lease, token, "busy")
+            assert len(rows) == 256
+            await session.commit()
+
+
 def cte(plan: dict[str, Any], name: str) -> dict[str, Any]:
     [found] = [n for n in nodes(plan) if n.get("Subplan Name") == f"CTE {name}"]
     return found
@@ -196,14 +208,7 @@ async def test_the_in_flight_lookup_reads_the_leased_rows_not_the_retries_waitin
             {"due": history + FAILED + 4_000},
         )
         assert waiting.rowcount == ROWS - FAILED - history - 4_000
-    for token in (1, 2):  # two batches in flight, as in a busy drain
-        async with session_factory() as session:
-            await session.begin()
-            now = datetime.now(UTC)
-            lease = now + timedelta(seconds=30)
-            rows = await get_alert_driver(session).alerts_claim(now, 256, lease, token, "busy")
-            assert len(rows) == 256
-            await session.commit()
+    await two_batches_in_flight(session_factory)
     async with engine.connect() as conn:
         await conn.execute(text(f"ANALYZE {TABLE}"))
         await conn.commit()
@@ -359,14 +364,7 @@ async def test_claim_looks_each_candidate_up_in_the_in_flight_set_instead_of_sca
     # planner (under the LIMIT) compared each of 256 candidates with each of 512 rows in
     # flight: more than half of PostgreSQL's CPU per drained row.
     await fill(engine, BACKLOG)
-    for token in (1, 2):
-        async with session_factory() as session:
-            await session.begin()
-            now = datetime.now(UTC)
-            lease = now + timedelta(seconds=30)
-            rows = await get_alert_driver(session).alerts_claim(now, 256, lease, token, "busy")
-            assert len(rows) == 256
-            await session.commit()
+    await two_batches_in_flight(session_factory)
     statement, plan = await explain_claim(engine, session_factory)
     joins = [n for n in nodes(plan) if n.get("Join Type") == "Anti" or "Join Filter" in n]
     assert joins == [], statement
