@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import urllib.parse
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -201,7 +202,36 @@ class Settings(BaseSettings):
                     "Alertmanager URL must start with http:// or https://: "
                     f"{_without_userinfo(url)!r}"
                 )
+            # alertq appends /api/v2/alerts: a query or a fragment has no place to go.
+            if "?" in url or "#" in url:
+                raise ValueError(
+                    "Alertmanager URL must not have a query or fragment: "
+                    f"{_without_userinfo(url.split('?')[0].split('#')[0])!r}…"
+                )
         return [u.rstrip("/") for u in value]
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        # Checked here so a typo stops the command with exit 2 and the setting's name, not
+        # with exit 1 and a driver's message at the first connect.
+        try:
+            parts = urllib.parse.urlsplit(value)
+            port = parts.port  # ValueError unless a number from 0 to 65535
+        except ValueError as exc:  # its text names the port, never the password
+            raise ValueError(
+                f"not a database URL ({str(exc)[:80]}): use sqlite+aiosqlite:///… or "
+                "postgresql+asyncpg://…"
+            ) from None
+        backend = parts.scheme.partition("+")[0]
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"unsupported database {backend[:40]!r}: use sqlite+aiosqlite:///… or "
+                "postgresql+asyncpg://…"
+            )
+        if port == 0:
+            raise ValueError("port 0 is out of range (1-65535)")
+        return value
 
     # Payload rules (issue 9): a generatorURL the breaker's alerts would be refused with must
     # fail at start-up, not when a breaker trips.
@@ -236,6 +266,20 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"ALERTQ_INTAKE_{name} is empty or blank: unset it to turn intake auth "
                     "off, or give it a value"
+                )
+        if self.intake_username is not None and ":" in self.intake_username:
+            raise ValueError(
+                "ALERTQ_INTAKE_USERNAME must not contain ':' (basic auth splits on it)"
+            )
+        # Tokens travel in a header: a client can send only visible ASCII there.
+        for name, secret in (
+            ("ALERTQ_API_TOKEN", self.api_token),
+            ("ALERTQ_INTAKE_BEARER_TOKEN", self.intake_bearer_token),
+        ):
+            text = secret.get_secret_value().strip() if secret is not None else ""
+            if text and not (text.isascii() and text.isprintable() and " " not in text):
+                raise ValueError(
+                    f"{name} must be visible ASCII without spaces: no client can send it"
                 )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both ALERTQ_TLS_CERT_FILE and ALERTQ_TLS_KEY_FILE")

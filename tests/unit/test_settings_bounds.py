@@ -1,4 +1,4 @@
-"""Every number an operator sets is bounded and finite, and refused at start-up otherwise:
+"""Settings that cannot work are refused at start-up. Every number is bounded and finite:
 ``ALERTQ_LEASE_SECONDS=1e12`` once started a worker whose every claim overflowed a datetime
 (a traceback a second, nothing delivered).
 
@@ -114,3 +114,48 @@ def test_the_bounds_admit_the_defaults_and_each_bound_itself(
     monkeypatch.setenv("ALERTQ_LEASE_SECONDS", "3600")
     monkeypatch.setenv("ALERTQ_ALERTMANAGER_TIMEOUT", "600")
     assert Settings().alertmanager_timeout == 600
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        # Red-team pass 3: each started, then failed at the first connect or request with
+        # exit 1 and a driver's message, or never let a client in.
+        ("ALERTQ_DATABASE_URL", "postgresql+asyncpg://u:pw@h:99999/db", "Port out of range"),
+        ("ALERTQ_DATABASE_URL", "postgresql+asyncpg://u:pw@h:ab/db", "not a database URL"),
+        ("ALERTQ_DATABASE_URL", "mysql://u:pw@h/db", "unsupported database 'mysql'"),
+        ("ALERTQ_DATABASE_URL", "alertq.db", "unsupported database ''"),
+        ("ALERTQ_ALERTMANAGER_URLS", "http://am:9093/?x=1", "must not have a query"),
+        ("ALERTQ_API_TOKEN", "tökén", "ALERTQ_API_TOKEN must be visible ASCII"),
+        ("ALERTQ_INTAKE_BEARER_TOKEN", "a b", "ALERTQ_INTAKE_BEARER_TOKEN must be visible ASCII"),
+    ],
+)
+def test_settings_no_client_or_driver_could_use_are_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValidationError, match=message) as refused:
+        Settings()
+    assert "pw@" not in str(refused.value) and "tökén" not in str(refused.value)
+
+
+def test_an_intake_username_with_a_colon_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERTQ_INTAKE_USERNAME", "svc:prom")
+    monkeypatch.setenv("ALERTQ_INTAKE_PASSWORD", "secret")
+    with pytest.raises(ValidationError, match="must not contain ':'"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:///./alertq.db",
+        "sqlite+aiosqlite:////var/lib/alertq/alertq.db",
+        "postgresql+asyncpg://alertq:pw@db.example:5432/alertq",
+        "postgresql://alertq@db.example/alertq",  # create_engine picks asyncpg
+        "postgresql+asyncpg://alertq@[::1]:5432/alertq?ssl=require",
+    ],
+)
+def test_usual_database_urls_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("ALERTQ_DATABASE_URL", url)
+    assert Settings().database_url == url
