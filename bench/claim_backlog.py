@@ -54,7 +54,7 @@ UPDATE costsim_alert_queue
    SET attempts = 1, last_error = 'HTTP 503',
        next_attempt_at = now() + interval '10 seconds' + (id % 290) * interval '1 second'
  WHERE id > $1"""
-NOW_LOOKUP = "f.status = $6 AND f.leased_until > $1"
+NOW_LOOKUP = "f.status = $6 AND f.leased_until > $1 AND f.next_attempt_at > $1"
 BEFORE_CLAIM = PG_CLAIM.replace(
     NOW_LOOKUP, "f.status = $6 AND f.next_attempt_at > $1 AND f.leased_until > $1"
 )

@@ -478,4 +478,4 @@ async def test_claim_after_a_drain_by_the_worker_reads_no_row_of_what_it_sent(
         await conn.execute(text(f"ANALYZE {TABLE}"))
         await conn.commit()
     statement, plan = await explain_claim(engine, session_factory)
-    assert table_scans(plan) == [], statement
+    assert table_scans(plan) == [], (statement, json.dumps(plan, indent=1)[:6000])

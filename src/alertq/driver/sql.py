@@ -211,7 +211,8 @@ PG_CLAIM = """\
 WITH inflight AS MATERIALIZED (
     SELECT coalesce(jsonb_object_agg(f.fingerprint, 1), '{}') AS keys
       FROM costsim_alert_queue AS f
-     WHERE f.status = $6 AND f.leased_until > $1 AND f.fingerprint IS NOT NULL),
+     WHERE f.status = $6 AND f.leased_until > $1 AND f.next_attempt_at > $1
+       AND f.fingerprint IS NOT NULL),
 picked AS MATERIALIZED (
     SELECT c.id, c.leased_until
       FROM costsim_alert_queue AS c
