@@ -1,7 +1,8 @@
 """The cached ops view: what the ops server and the status page read.
 
 :class:`OpsContext` holds a snapshot of queue stats, breakers and open incidents cached
-for ``stats_cache_seconds`` (so neither a scrape nor a page view recounts the queue), each
+for ``stats_cache_seconds`` (so neither a scrape nor a page view recounts the queue), the
+status page's other reads for as long (:meth:`OpsContext.shared_read`), each
 Alertmanager's last readiness check, and the in-process samples behind the status page's
 chart. ``alertq run`` (:mod:`alertq.runner`) keeps it fresh. Everything goes through the
 service layer (:mod:`alertq.ops`, :class:`CircuitBreaker`); no SQL here.
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +28,8 @@ from alertq.db import describe_error as describe_db_error
 from alertq.delivery import TargetHealth, target_key
 from alertq.engine import WorkerStats
 from alertq.models import Clock, utcnow
+
+T = TypeVar("T")
 
 __all__ = [
     "CHART_WINDOW",
@@ -144,6 +147,8 @@ class OpsContext:
         self._snapshot: Snapshot | None = None
         self._generation = 0
         self._lock = asyncio.Lock()
+        self._reads: dict[str, tuple[datetime, Any]] = {}
+        self._read_locks: dict[str, asyncio.Lock] = {}
         self._db_check: asyncio.Task[str | None] | None = None
         self._db_ok_at: datetime | None = None
 
@@ -201,9 +206,30 @@ class OpsContext:
             return await self._refresh()
 
     def invalidate(self) -> None:
-        """Forget the cached snapshot (after a mutation), so the next read is fresh."""
+        """Forget the cached snapshot and shared reads (after a mutation), so the next
+        read is fresh."""
         self._snapshot = None
+        self._reads.clear()
         self._generation += 1
+
+    async def shared_read(self, key: str, read: Callable[[], Awaitable[T]]) -> T:
+        """``read()``'s result, reused for ``stats_cache_seconds`` and shared by concurrent
+        callers, like the snapshot. The status page's lists were read on every view, and
+        unauthenticated views of a 150,000-row queue took the intake's p50 from 14 to
+        672 ms (red-team pass 3). A failure is not kept."""
+        limit = self.settings.stats_cache_seconds
+        hit = self._reads.get(key)
+        if hit is not None and (self.clock() - hit[0]).total_seconds() <= limit:
+            return hit[1]  # type: ignore[no-any-return]
+        async with self._read_locks.setdefault(key, asyncio.Lock()):
+            hit = self._reads.get(key)
+            if hit is not None and (self.clock() - hit[0]).total_seconds() <= limit:
+                return hit[1]  # type: ignore[no-any-return]
+            generation = self._generation
+            value = await read()
+            if generation == self._generation:  # else a mutation raced this read
+                self._reads[key] = (self.clock(), value)
+            return value
 
     @property
     def cached(self) -> Snapshot | None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
+from typing import NamedTuple
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.exc import SQLAlchemyError
@@ -153,8 +154,30 @@ def _until(when: datetime | None, now: datetime) -> str:
     return "now" if seconds <= 0 else f"in {human_age(seconds)}"
 
 
+class _Lists(NamedTuple):
+    failed_rows: list[CostSimAlertQueueModel]
+    sources: list[IntakeSource]
+    managed_alerts: list[ManagedAlertView]
+    heartbeats: list[HeartbeatView]
+
+
+async def _read_lists(context: OpsContext) -> _Lists:
+    service = ManagedAlerts(context.settings, context.session_factory, clock=context.clock)
+    return _Lists(
+        list(
+            await ops.list_alerts(
+                context.session_factory, AlertStatus.FAILED.value, FAILED_ROWS_SHOWN
+            )
+        ),
+        list(await ops.intake_sources(context.session_factory)),
+        list(await service.list_alerts(limit=MANAGED_SHOWN)),
+        list(await service.list_heartbeats(limit=MANAGED_SHOWN)),
+    )
+
+
 async def render_status_page(context: OpsContext) -> str:
-    """The status page's HTML: queue, chart, Alertmanagers, breakers, failed rows."""
+    """The status page's HTML: queue, chart, Alertmanagers, breakers, failed rows. Every
+    database read is cached as the snapshot is, so a page view costs what a scrape does."""
     now = context.clock()
     db_error: str | None = None
     snap: Snapshot | None = None
@@ -164,13 +187,9 @@ async def render_status_page(context: OpsContext) -> str:
     heartbeats: list[HeartbeatView] = []
     try:
         snap = await context.snapshot()
-        failed_rows = await ops.list_alerts(
-            context.session_factory, AlertStatus.FAILED.value, FAILED_ROWS_SHOWN
+        failed_rows, sources, managed_alerts, heartbeats = await context.shared_read(
+            "status page", lambda: _read_lists(context)
         )
-        sources = await ops.intake_sources(context.session_factory)
-        service = ManagedAlerts(context.settings, context.session_factory, clock=context.clock)
-        managed_alerts = await service.list_alerts(limit=MANAGED_SHOWN)
-        heartbeats = await service.list_heartbeats(limit=MANAGED_SHOWN)
     except DatabaseUnavailable as exc:
         db_error = str(exc)
         snap = context.cached
