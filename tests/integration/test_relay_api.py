@@ -7,6 +7,7 @@ Split by test tier: these are the integration tests; see also ``tests/unit/test_
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -280,3 +281,26 @@ async def test_intake_per_source_shows_on_the_status_page_and_in_metrics(db_url:
         assert sample(after, name, outcome=outcome) - sample(before, name, outcome=outcome) == delta
     count = "alertq_intake_request_seconds_count"
     assert sample(after, count) - sample(before, count) == 2
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_concurrent_large_bodies_on_sqlite_take_turns_instead_of_failing(
+    db_url: str,
+) -> None:
+    # Red-team pass 3: writers racing for SQLite's lock each retry every millisecond and
+    # the luckiest wins; a small body that kept losing to large ones hit the busy timeout
+    # and got a 500, which Prometheus does not retry. In turn, each waits only for those
+    # ahead of it. A busy timeout far shorter than one large body's insert makes any
+    # race fail.
+    settings = relay_settings(db_url, sqlite_busy_timeout_ms=20)
+    async with relay(settings) as r:
+
+        async def big(n: int) -> httpx.Response:
+            body = [
+                {"labels": {"alertname": "Big", "n": str(n), "i": str(i)}} for i in range(3_000)
+            ]
+            return await r.post(body)
+
+        answers = await asyncio.gather(*(big(n) for n in range(5)), r.post([alert("Small")]))
+        assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+        assert len(await r.rows()) == 5 * 3_000 + 1
