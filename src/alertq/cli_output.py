@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from alertq.config import Settings
+from alertq.config import Settings, UnsafeConfigFile
 from alertq.logs import escape_control
 
 T = TypeVar("T")
@@ -91,3 +91,5 @@ def load_settings() -> Settings:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         fail(f"invalid configuration: {problems}")
+    except UnsafeConfigFile as exc:
+        fail(f"invalid configuration: {exc}")

@@ -31,7 +31,7 @@ from alertq.limits import (  # parse_duration is re-exported: callers import it 
     parse_duration,
 )
 
-__all__ = ["DeliveryQuorum", "Settings", "get_settings", "parse_duration"]
+__all__ = ["DeliveryQuorum", "Settings", "UnsafeConfigFile", "get_settings", "parse_duration"]
 
 
 class DeliveryQuorum(StrEnum):
@@ -54,8 +54,24 @@ def _without_userinfo(url: str) -> str:
     return f"{scheme}{sep}***@{host}" if sep else f"***@{host}"
 
 
+class UnsafeConfigFile(ValueError):
+    """The TOML file is one another user could have written: its settings (the database
+    URL, the Alertmanager URLs and their credentials) are not to be trusted."""
+
+
 def _config_file() -> Path:
     return Path(os.environ.get("ALERTQ_CONFIG_FILE", "alertq.toml"))
+
+
+def _check_owner(path: Path) -> None:
+    """Refuse ``path`` if anyone may write it, or it belongs to another user than this
+    one or root: ``alertq fire`` run in /tmp read /tmp/alertq.toml (red-team pass 3)."""
+    info = path.stat()
+    if info.st_mode & 0o002 or info.st_uid not in (os.getuid(), 0):
+        raise UnsafeConfigFile(
+            f"refusing {str(path)[:200]}: it is writable by everyone or owned by another "
+            "user (set ALERTQ_CONFIG_FILE to a file of your own)"
+        )
 
 
 class Settings(BaseSettings):
@@ -77,7 +93,8 @@ class Settings(BaseSettings):
     # connect timeout and command_timeout), and a request waits for a pooled connection: a
     # network path that silently drops packets then fails a cycle or a request instead of
     # hanging it. The longest statements alertq runs, the stats query on 1M rows and a
-    # purge batch, take under 0.3 s (docs/benchmarks.md).
+    # purge batch, take under 0.3 s (docs/benchmarks.md). On SQLite: how long a write
+    # transaction waits for its turn among the process's writers (db._WriterTurn).
     db_timeout: float = Field(default=10.0, gt=0, le=3600)
 
     # Alertmanager targets and HTTP options (the delivery adapter reads these)
@@ -328,6 +345,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = _config_file()
         if path.is_file():
+            _check_owner(path)
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 

@@ -8,11 +8,13 @@ line) is in ``tests/acceptance/test_cli.py``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import annotated_types
 import pytest
 from pydantic import ValidationError
 
-from alertq.config import Settings
+from alertq.config import Settings, UnsafeConfigFile
 
 
 def numeric_fields() -> dict[str, type]:
@@ -159,3 +161,18 @@ def test_an_intake_username_with_a_colon_is_refused(monkeypatch: pytest.MonkeyPa
 def test_usual_database_urls_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("ALERTQ_DATABASE_URL", url)
     assert Settings().database_url == url
+
+
+def test_a_config_file_anyone_may_write_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Red-team pass 3: `alertq fire` run in /tmp read /tmp/alertq.toml, anyone's file.
+    toml = tmp_path / "alertq.toml"
+    toml.write_text('database_url = "postgresql+asyncpg://evil@attacker.example/db"\n')
+    monkeypatch.setenv("ALERTQ_CONFIG_FILE", str(toml))
+    monkeypatch.delenv("ALERTQ_DATABASE_URL", raising=False)
+    toml.chmod(0o644)
+    assert Settings().database_url.endswith("attacker.example/db")  # an own file is read
+    toml.chmod(0o666)
+    with pytest.raises(UnsafeConfigFile, match="writable by everyone"):
+        Settings()
