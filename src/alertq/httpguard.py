@@ -93,9 +93,14 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if "%" in value:
         return None
     try:
-        return ipaddress.ip_address(value)
+        ip = ipaddress.ip_address(value)
     except ValueError:
         return None
+    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d: compare them as IPv4, so an
+    # IPv4 entry of ALERTQ_TRUSTED_PROXIES matches (red-team pass 3; it failed safe).
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def forwarded_client(peer: str, forwarded_for: str | None, trusted: list[IPNetwork]) -> str:

@@ -8,11 +8,13 @@ Split by test tier: these are the unit tests; see also
 from __future__ import annotations
 
 import io
+import ipaddress
 import logging
 
 import pytest
 
 from alertq.config import Settings
+from alertq.httpguard import forwarded_client
 from alertq.logs import configure_logging
 
 TEXT_LINE_START = "20"  # every text log line starts with the year
@@ -42,3 +44,20 @@ def test_text_logs_escape_control_characters(monkeypatch: pytest.MonkeyPatch) ->
     assert lines[0].endswith(r"reason: a\nb\r\x1b[31mred\u202eevil\u2028c\x00d\x85e")
     assert all(line.startswith(TEXT_LINE_START) for line in lines)
     assert "\x1b" not in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("peer", "chain", "client"),
+    [
+        # A dual-stack listener reports IPv4 peers as IPv4-mapped IPv6 (red-team pass 3).
+        ("::ffff:10.0.0.5", "203.0.113.9", "203.0.113.9"),
+        ("10.0.0.5", "203.0.113.9", "203.0.113.9"),
+        ("::ffff:10.0.0.6", "203.0.113.9", "::ffff:10.0.0.6"),  # not a trusted proxy
+        # Every line joined by the guard: the proxy's own line comes last and counts.
+        ("10.0.0.5", "6.6.6.6,198.51.100.4", "198.51.100.4"),
+        ("10.0.0.5", "::ffff:198.51.100.4", "198.51.100.4"),
+    ],
+)
+def test_the_client_behind_a_trusted_proxy(peer: str, chain: str, client: str) -> None:
+    trusted = [ipaddress.ip_network("10.0.0.5/32")]
+    assert forwarded_client(peer, chain, trusted) == client
