@@ -20,7 +20,7 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq.alerts import InvalidAlertPayload
-from alertq.cli_output import console, fail, load_settings
+from alertq.cli_output import console, fail, load_settings, visible
 from alertq.config import Settings, parse_duration
 from alertq.db import create_engine, create_session_factory
 from alertq.managed import HeartbeatView, ManagedAlerts, ManagedAlertView, Outcome
@@ -64,9 +64,11 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 
 
 def _labels_text(labels: dict[str, str]) -> str:
+    """``name{k="v",...}``, with control characters shown as escapes: a label value may
+    hold an ESC sequence, and it is echoed to the operator's terminal (red-team pass 3)."""
     name = labels.get("alertname", "")
     rest = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if k != "alertname")
-    return f"{name}{{{rest}}}"
+    return visible(f"{name}{{{rest}}}")
 
 
 def _when(value: datetime | None) -> str:

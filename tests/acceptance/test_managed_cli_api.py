@@ -89,6 +89,24 @@ async def test_cli_bad_input_exits_2_with_the_rule_and_stores_nothing(
     assert await managed(session_factory) == [] and await queue(session_factory) == []
 
 
+@SQLITE_ONLY
+async def test_cli_shows_control_characters_of_a_label_value_escaped(
+    db_url: str, session_factory: Factory, tmp_path: Path
+) -> None:
+    # Red-team pass 3: `alertq fire` echoed the labels as given, so an ESC sequence in a
+    # value (a valid label value) reached the operator's terminal.
+    env = alertq_env(db_url)
+    value = "red\x1b[31mtext\u202e"
+    fired = await run_alertq_async(["fire", "alertname=Esc", f"host={value}"], env, cwd=tmp_path)
+    assert fired.returncode == 0, fired.describe()
+    assert "\x1b" not in fired.stdout and "\u202e" not in fired.stdout
+    assert 'host="red\\x1b[31mtext\\u202e"' in fired.stdout, fired.stdout
+    (m,) = await managed(session_factory)
+    assert m.labels["host"] == value  # stored and sent as given; only the echo escapes
+    listed = await run_alertq_async(["alerts", "--managed"], env, cwd=tmp_path)
+    assert listed.returncode == 0 and "\x1b" not in listed.stdout, listed.describe()
+
+
 async def test_cli_unreachable_database_exits_1_without_the_password(tmp_path: Path) -> None:
     url = "postgresql+asyncpg://alertq:s3cr3t@127.0.0.1:1/alertq"
     result = await run_alertq_async(["fire", "alertname=A"], alertq_env(url), cwd=tmp_path)
