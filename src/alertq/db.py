@@ -242,7 +242,7 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         # a deferred transaction that reads then writes fails with SQLITE_BUSY_SNAPSHOT
         # instead of waiting out the busy timeout. The wait for it is _begin_write's.
         event.listen(engine.sync_engine, "begin", _begin(settings.sqlite_busy_timeout_ms))
-        _SQLITE_WAIT[engine.sync_engine] = settings.db_timeout
+        _SQLITE_TURNS[engine.sync_engine] = (settings.db_timeout, weakref.WeakKeyDictionary())
         return engine
     if url.get_backend_name() == "postgresql" and url.get_driver_name() != "asyncpg":
         url = url.set(drivername="postgresql+asyncpg")
@@ -358,13 +358,13 @@ class _WriterTurn:
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[None]:
         task = asyncio.current_task()
-        if task is not None and task is self._owner:
+        acquired = False
+        if task is None or task is not self._owner:
+            with contextlib.suppress(TimeoutError):  # waited long enough: race as before
+                async with asyncio.timeout(self._wait):
+                    acquired = await self._lock.acquire()
+        if not acquired:
             yield
-            return
-        try:
-            await asyncio.wait_for(self._lock.acquire(), self._wait)
-        except TimeoutError:
-            yield  # the race, as before
             return
         self._owner = task
         try:
@@ -374,12 +374,12 @@ class _WriterTurn:
             self._lock.release()
 
 
-_SQLITE_WAIT: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-"""How long each SQLite engine's writers wait for their turn: ``ALERTQ_DB_TIMEOUT``, as a
-PostgreSQL request waits for a pooled connection (set by create_engine)."""
 _SQLITE_TURNS: weakref.WeakKeyDictionary[
-    Any, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriterTurn]
+    Any, tuple[float, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WriterTurn]]
 ] = weakref.WeakKeyDictionary()
+"""For each SQLite engine (set by create_engine): how long its writers wait for their turn
+(``ALERTQ_DB_TIMEOUT``, as a PostgreSQL request waits for a pooled connection), and its
+turn in each event loop (an asyncio lock serves one loop)."""
 
 
 def _writer_turn(
@@ -388,11 +388,10 @@ def _writer_turn(
     """On SQLite, this process's write transactions take turns (:class:`_WriterTurn`);
     elsewhere nothing."""
     bind = factory.kw.get("bind")
-    wait = _SQLITE_WAIT.get(bind.sync_engine) if bind is not None else None
-    if bind is None or wait is None:
+    entry = _SQLITE_TURNS.get(bind.sync_engine) if bind is not None else None
+    if entry is None:
         return contextlib.nullcontext()
-    # One turn per engine and event loop (an asyncio lock serves one loop).
-    turns = _SQLITE_TURNS.setdefault(bind.sync_engine, weakref.WeakKeyDictionary())
+    wait, turns = entry
     loop = asyncio.get_running_loop()
     turn = turns.get(loop)
     if turn is None:
