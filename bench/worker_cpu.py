@@ -13,9 +13,16 @@ default settings against the no-op stub, and measures
   sampling backend excluded), per 256 rows;
 - **steady rows/s**: rows / (last ``sent_at`` − first ``last_attempt_at``).
 
+With ``--lean N`` the floor's *lean cycle* (``bench/floor.py``: claim, POST, record over
+bare asyncpg, N loops in this process) runs in the same rounds, measured the same way (its
+client CPU is this process's). On a machine whose cores are all busy, the sum of the two
+columns is what bounds the rate: it says how far alertq's own work per row is from the
+least that a design writing each row twice can do.
+
 Variants alternate within each round, in rotating order; medians over ``--rounds``.
 
     python bench/worker_cpu.py [--rows 30000] [--rounds 3] [--variant old:PYTHONPATH=…]
+                               [--lean 4]
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,7 @@ from _common import (
     pg_load,
     worker_env,
 )
+from floor import lean, reset, sent_count
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -105,6 +114,21 @@ async def measured(url: str, stub: Stub, env: dict[str, str]) -> tuple[float, fl
     return worker, await sampler
 
 
+async def lean_measured(url: str, stub: Stub, loops: int) -> tuple[float, float, float]:
+    """The lean cycle's client CPU (this process), its backends' CPU, and its rows/s."""
+    dsn = asyncpg_dsn(url)
+    await reset(dsn)
+    done = asyncio.Event()
+    sampler = asyncio.create_task(backend_sampler(dsn, done))
+    await asyncio.sleep(0.05)
+    started = time.process_time()
+    seconds = await lean(dsn, stub.url, loops, 256)
+    client = time.process_time() - started
+    done.set()
+    rows = await sent_count(dsn)
+    return client, await sampler, rows / seconds
+
+
 async def steady(url: str) -> float:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -129,15 +153,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--lean", type=int, default=0, help="also the lean cycle, N loops")
     args = parser.parse_args()
     print(f"`{command_line()}`")
     variants = [("new", {}), *(parse_variant(v) for v in args.variant)]
+    lean_name = f"lean cycle, {args.lean} loops"
+    if args.lean:
+        variants.append((lean_name, {}))
     results: dict[str, dict[str, list[float]]] = {
         name: {"worker": [], "postgres": [], "steady": []} for name, _ in variants
     }
     with Stub() as stub, pg_database("alertq_bench_cpu") as url:
         idle: dict[str, float] = {}
         for name, env in variants:
+            if name == lean_name:
+                idle[name] = 0.0  # measured from its first claim to its last record
+                continue
             asyncio.run(pg_load(url, 0))
             idle[name] = statistics.median(
                 asyncio.run(measured(url, stub, env))[0] for _ in range(3)
@@ -147,8 +178,11 @@ def main() -> None:
             for name, env in order:
                 asyncio.run(pg_load(url, args.rows))
                 stub.reset()
-                worker, pg = asyncio.run(measured(url, stub, env))
-                rate = asyncio.run(steady(url))
+                if name == lean_name:
+                    worker, pg, rate = asyncio.run(lean_measured(url, stub, args.lean))
+                else:
+                    worker, pg = asyncio.run(measured(url, stub, env))
+                    rate = asyncio.run(steady(url))
                 per = 256 / args.rows * 1000
                 got: dict[str, Any] = results[name]
                 got["worker"].append((worker - idle[name]) * per)
@@ -162,14 +196,18 @@ def main() -> None:
                 )
     startup = ", ".join(f"{k} {v:.2f} s" for k, v in idle.items())
     print(f"\nstart-up + shutdown CPU (empty drain): {startup}")
-    print("\n| variant | worker ms / 256 rows | postgres ms / 256 rows | steady rows/s |")
-    print("|---|---|---|---|")
+    print("\n| variant | worker ms / 256 rows | postgres ms / 256 rows | sum | steady rows/s |")
+    print("|---|---|---|---|---|")
     for name, got in results.items():
+        sums = [w + p for w, p in zip(got["worker"], got["postgres"], strict=True)]
         cells = [
             f"{fmt(statistics.median(v), 2)} ({fmt(min(v), 2)}–{fmt(max(v), 2)})"
-            for v in (got["worker"], got["postgres"])
+            for v in (got["worker"], got["postgres"], sums)
         ]
-        print(f"| {name} | {cells[0]} | {cells[1]} | {fmt(statistics.median(got['steady']))} |")
+        print(
+            f"| {name} | {cells[0]} | {cells[1]} | {cells[2]} "
+            f"| {fmt(statistics.median(got['steady']))} |"
+        )
 
 
 if __name__ == "__main__":
