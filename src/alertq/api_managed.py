@@ -26,6 +26,7 @@ log = logging.getLogger("alertq.api")
 
 MAX_PAIRS = 64
 HEARTBEAT_NAME_PATTERN = limits.NAME_PATTERN  # the service checks the same (managed.py)
+FINGERPRINT_PATTERN = "^[0-9a-f]{16}$"  # alerts.label_fingerprint's format
 NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,199}$"
 # The schema states every rule the service checks, and pydantic enforces exactly it (so
 # clients and schemathesis know them); the service still checks them all itself.
@@ -230,9 +231,21 @@ def managed_router(authorized: Any) -> APIRouter:
         context: Ctx,
         state: Annotated[str | None, Query(pattern="^(firing|resolved)$")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: Annotated[
+            str | None,
+            Query(
+                pattern=FINGERPRINT_PATTERN,
+                description="Alerts after this fingerprint: the last one of the previous page.",
+            ),
+        ] = None,
     ) -> list[ManagedAlert]:
-        """Managed alerts, firing first: state, start, last sent, next keep-alive."""
-        return [_alert(v) for v in await service(context).list_alerts(state=state, limit=limit)]
+        """Managed alerts, firing first, newest first: state, start, last sent, next
+        keep-alive. Keyset-paginated: a full page means there may be more."""
+        try:
+            views = await service(context).list_alerts(state=state, limit=limit, after=after)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return [_alert(v) for v in views]
 
     @router.post(
         "/api/heartbeats/{name}",
@@ -256,9 +269,22 @@ def managed_router(authorized: Any) -> APIRouter:
 
     @router.get("/api/heartbeats", response_model=list[Heartbeat])
     async def list_heartbeats(
-        context: Ctx, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+        context: Ctx,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: Annotated[
+            str | None,
+            Query(
+                pattern=HEARTBEAT_NAME_PATTERN,
+                description="Heartbeats after this name: the last one of the previous page.",
+            ),
+        ] = None,
     ) -> list[Heartbeat]:
-        """Heartbeats, missing first: last ping and deadline."""
-        return [_heartbeat(v) for v in await service(context).list_heartbeats(limit)]
+        """Heartbeats, missing first, then by name: last ping and deadline. Keyset-paginated:
+        a full page means there may be more."""
+        try:
+            views = await service(context).list_heartbeats(limit, after)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return [_heartbeat(v) for v in views]
 
     return router

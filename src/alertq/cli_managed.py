@@ -149,14 +149,18 @@ def alerts(
     ),
     state: str | None = typer.Option(None, "--state", help="firing or resolved."),
     limit: int = typer.Option(100, "--limit", min=1, max=10_000),
+    after: str | None = typer.Option(
+        None, "--after", help="Continue after this fingerprint (the last one listed)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
 ) -> None:
-    """List managed alerts: state, start, last sent, next keep-alive."""
+    """List managed alerts, firing first, newest first: state, start, last sent, next
+    keep-alive."""
     if not managed:
         fail("alerts: pass --managed (queue rows are shown by `alertq stats`)")
     if state is not None and state not in ("firing", "resolved"):
         fail(f"--state: must be firing or resolved (got {state[:40]!r})")
-    views = _run(load_settings(), lambda m: m.list_alerts(state=state, limit=limit))
+    views = _run(load_settings(), lambda m: m.list_alerts(state=state, limit=limit, after=after))
     if as_json:
         for v in views:
             typer.echo(json.dumps(_jsonable(asdict(v)), sort_keys=True))
@@ -167,9 +171,12 @@ def alerts(
 def heartbeats(
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
     limit: int = typer.Option(100, "--limit", min=1, max=10_000),
+    after: str | None = typer.Option(
+        None, "--after", help="Continue after this name (the last one listed)."
+    ),
 ) -> None:
-    """List heartbeats: state, last ping, deadline."""
-    views = _run(load_settings(), lambda m: m.list_heartbeats(limit))
+    """List heartbeats, missing first, then by name: state, last ping, deadline."""
+    views = _run(load_settings(), lambda m: m.list_heartbeats(limit, after))
     if as_json:
         for v in views:
             typer.echo(json.dumps(_jsonable(asdict(v)), sort_keys=True))

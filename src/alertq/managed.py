@@ -30,6 +30,7 @@ import asyncio
 import concurrent.futures
 import logging
 import math
+import re
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -394,21 +395,39 @@ class ManagedAlerts(_Service):
             )
 
     async def list_alerts(
-        self, *, state: str | None = None, limit: int = 100
+        self, *, state: str | None = None, limit: int = 100, after: str | None = None
     ) -> list[ManagedAlertView]:
+        """Managed alerts, firing first, newest first; ``after`` (the fingerprint of the
+        last alert of the previous page) continues from there."""
         if state is not None and state not in {s.value for s in ManagedState}:
             raise ValueError(f"state must be firing or resolved (got {state!r})")
         limit = max(1, min(limit, 10_000))
+        if after is not None and not _FINGERPRINT.fullmatch(str(after)):
+            raise ValueError("after: not a fingerprint (16 hex digits)")
         async with transaction(self.session_factory) as s:
-            rows = await ManagedDriver(s).managed_list(state=state, limit=limit)
+            driver = ManagedDriver(s)
+            if after is not None and await driver.managed_get(after) is None:
+                raise ValueError(_UNKNOWN_CURSOR.format("managed alert has this fingerprint"))
+            rows = await driver.managed_list(state=state, limit=limit, after=after)
             return [ManagedAlertView.from_row(r) for r in rows]
 
-    async def list_heartbeats(self, limit: int = 100) -> list[HeartbeatView]:
+    async def list_heartbeats(
+        self, limit: int = 100, after: str | None = None
+    ) -> list[HeartbeatView]:
+        """Heartbeats, missing first, then by name; ``after`` (the name of the last one of
+        the previous page) continues from there."""
         limit = max(1, min(limit, 10_000))
+        if after is not None:
+            check_name(after, "after")
         async with transaction(self.session_factory) as s:
-            return [
-                HeartbeatView.from_row(r) for r in await ManagedDriver(s).heartbeats_list(limit)
-            ]
+            driver = ManagedDriver(s)
+            if after is not None and await driver.heartbeats_get(after) is None:
+                raise ValueError(_UNKNOWN_CURSOR.format("heartbeat has this name"))
+            return [HeartbeatView.from_row(r) for r in await driver.heartbeats_list(limit, after)]
+
+
+_FINGERPRINT = re.compile("[0-9a-f]{16}")
+_UNKNOWN_CURSOR = "after: no {} (gone since the last page?); list again without after"
 
 
 # --------------------------------------------------------------------------- in a session

@@ -77,6 +77,11 @@ async def test_cli_fire_resolve_heartbeat_and_listing(
         (["heartbeat", "hb\nline2", "--within", "1h"], "invalid heartbeat name 'hb\\nline2'"),
         (["heartbeat", "nightly backup", "--within", "1h"], "invalid heartbeat name"),
         (["heartbeat", "x" * 201, "--within", "1h"], "heartbeat name is too long"),
+        # Keyset cursors: malformed, or naming nothing (gone since the last page).
+        (["alerts", "--managed", "--after", "x" * 300], "after: not a fingerprint"),
+        (["alerts", "--managed", "--after", "0123456789abcdef"], "no managed alert has this"),
+        (["heartbeats", "--after", "no such\tname"], "invalid after"),
+        (["heartbeats", "--after", "nobody"], "no heartbeat has this name"),
     ],
 )
 async def test_cli_bad_input_exits_2_with_the_rule_and_stores_nothing(

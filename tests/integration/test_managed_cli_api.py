@@ -52,6 +52,46 @@ async def test_api_fire_resolve_ping_and_list(db_url: str, session_factory: Fact
         assert [h["name"] for h in r.json()] == ["backup"]
 
 
+async def test_api_lists_page_by_keyset_after_the_last_item(
+    db_url: str, session_factory: Factory
+) -> None:
+    async with serve(api_settings(db_url), session_factory) as (client, _):
+        for host in ("a", "b", "c", "d", "e"):
+            fire = {"labels": {"alertname": "Disk", "host": host}}
+            assert (await client.post("/api/managed/fire", json=fire, headers=AUTH)).is_success
+            ping = await client.post(f"/api/heartbeats/{host}", json={"within": "1h"}, headers=AUTH)
+            assert ping.is_success
+        for path, key in (("/api/managed", "fingerprint"), ("/api/heartbeats", "name")):
+            whole = [x[key] for x in (await client.get(path)).json()]
+            assert len(whole) == 5
+            seen: list[str] = []
+            params: dict[str, Any] = {"limit": 2}
+            for _ in range(4):  # 2 + 2 + 1, then an empty page
+                page = [x[key] for x in (await client.get(path, params=params)).json()]
+                seen += page
+                params["after"] = page[-1] if page else None
+            assert seen == whole and page == [], path
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    ("query", "status", "message"),
+    [
+        ("/api/managed?after=0123456789abcdef", 400, "no managed alert has this fingerprint"),
+        ("/api/managed?after=NOT-HEX", 422, "string_pattern_mismatch"),
+        ("/api/heartbeats?after=nobody", 400, "no heartbeat has this name"),
+        ("/api/heartbeats?after=bad%20name", 422, "string_pattern_mismatch"),
+    ],
+)
+async def test_api_an_unknown_or_malformed_cursor_is_a_short_4xx(
+    db_url: str, session_factory: Factory, query: str, status: int, message: str
+) -> None:
+    async with serve(api_settings(db_url), session_factory) as (client, _):
+        r = await client.get(query)
+    assert r.status_code == status and message in r.text, r.text
+    assert len(r.content) < 600 and "Traceback" not in r.text
+
+
 @SQLITE_ONLY
 @pytest.mark.parametrize(
     ("path", "body", "message"),

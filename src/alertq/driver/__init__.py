@@ -7,11 +7,16 @@ Pure data access, split by what it serves:
   (``states_*``, ``incidents_*``);
 * :mod:`alertq.driver.seed`: :class:`AlertDriver`, the seed's nine methods over the queue
   driver (what :func:`get_alert_driver` returns);
+* :mod:`alertq.driver.managed`: :class:`ManagedDriver`, managed alerts and heartbeats
+  (``managed_*``, ``heartbeats_*``);
+* :mod:`alertq.driver.intake`: ``IntakeDriver``, the relay's batch insert and its reads;
 * :mod:`alertq.driver.sql`: statements built once and the per-dialect steps.
 
 Every driver takes the session it is given and never commits or rolls back: the caller
 owns the transaction (``alertq.db.transaction``). Method names put the table first, then
-the verb.
+the verb. One contract suite (``tests/integration/test_driver_contract*.py``) runs every
+method of every driver class here on SQLite and PostgreSQL, and fails for a method it
+does not call.
 """
 
 from alertq.driver.breaker import BreakerDriver, get_breaker_driver

@@ -97,11 +97,78 @@ _SUPERSEDE_SQLITE = text(
 ).bindparams(bindparam("fps", expanding=True), bindparam("now", type_=UTCDateTime()))
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    rows: Sequence[IntakeRow]
+    fps: list[str]
+    alert_type: str
+    now: datetime
+    max_attempts: int
+    source_addr: str | None
+    source_agent: str | None
+
+
+class _PostgresIntake:
+    """One statement: retire, insert and NOTIFY (``_INSERT_MANY_PG``)."""
+
+    async def insert_many(self, session: AsyncSession, b: _Batch) -> int:
+        params = {
+            # JSON escapes every control character inside a string: a raw \x1e (ASCII
+            # record separator) can only be the separator.
+            "payloads": b"\x1e".join([orjson.dumps(r.payload) for r in b.rows]).decode(),
+            "fps": ",".join(b.fps),
+            "alert_type": b.alert_type,
+            "max_attempts": b.max_attempts,
+            "now": b.now,
+            "source_addr": b.source_addr,
+            "source_agent": b.source_agent,
+            "note": SUPERSEDED_NOTE,
+        }
+        inserted, _, _ = (await session.execute(_INSERT_MANY_PG, params)).one()
+        return int(inserted)
+
+
+class _SqliteIntake:
+    """An ``executemany`` of the rows, then one UPDATE retiring the older ones."""
+
+    async def insert_many(self, session: AsyncSession, b: _Batch) -> int:
+        values = [
+            {
+                "payload": r.payload,
+                "alert_type": b.alert_type,
+                "fingerprint": r.fingerprint,
+                "max_attempts": b.max_attempts,
+                "next_attempt_at": b.now,
+                "created_at": b.now,
+                "status": PENDING,
+                "attempts": 0,
+                "lease_token": 0,
+                "delivered_to": [],
+                "source_addr": b.source_addr,
+                "source_agent": b.source_agent,
+            }
+            for r in b.rows
+        ]
+        # Rows are inserted in order, so the batch's ids all exceed any older row's.
+        first = await session.scalar(insert(Q).values(values[0]).returning(Q.id))
+        if len(values) > 1:
+            await session.execute(insert(Q), values[1:])
+        await session.execute(
+            _SUPERSEDE_SQLITE,
+            {"fps": b.fps, "first_id": first, "now": b.now, "note": SUPERSEDED_NOTE},
+        )
+        return len(values)
+
+
 class IntakeDriver:
     """Statements of the relay's intake. Takes the session it is given; never commits."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        postgres = session.get_bind().dialect.name == "postgresql"
+        self._steps: _PostgresIntake | _SqliteIntake = (
+            _PostgresIntake() if postgres else _SqliteIntake()
+        )
 
     async def alerts_insert_many(
         self,
@@ -117,57 +184,19 @@ class IntakeDriver:
         rows of the same fingerprints. Returns the number of rows inserted.
 
         Within ``rows`` a fingerprint must appear once (the caller keeps the last alert of
-        a label set, as Alertmanager ends up with). On PostgreSQL the workers are
-        NOTIFYed, delivered when the caller commits.
+        a label set, as Alertmanager ends up with), and none may be empty or hold a comma
+        (``ValueError`` before any statement). On PostgreSQL the workers are NOTIFYed,
+        delivered when the caller commits.
         """
         if not rows:
             return 0
         fps = [r.fingerprint for r in rows]
         if len(set(fps)) != len(fps):
             raise ValueError("alerts_insert_many: a fingerprint appears twice in one batch")
-        if self.session.get_bind().dialect.name == "postgresql":
-            joined = ",".join(fps)
-            if joined.count(",") != len(fps) - 1 or "" in fps:
-                raise ValueError("alerts_insert_many: an empty fingerprint or one with a comma")
-            params = {
-                # JSON escapes every control character inside a string: a raw \x1e (ASCII
-                # record separator) can only be the separator.
-                "payloads": b"\x1e".join([orjson.dumps(r.payload) for r in rows]).decode(),
-                "fps": joined,
-                "alert_type": alert_type,
-                "max_attempts": max_attempts,
-                "now": now,
-                "source_addr": source_addr,
-                "source_agent": source_agent,
-                "note": SUPERSEDED_NOTE,
-            }
-            inserted, _, _ = (await self.session.execute(_INSERT_MANY_PG, params)).one()
-            return int(inserted)
-        values = [
-            {
-                "payload": r.payload,
-                "alert_type": alert_type,
-                "fingerprint": r.fingerprint,
-                "max_attempts": max_attempts,
-                "next_attempt_at": now,
-                "created_at": now,
-                "status": PENDING,
-                "attempts": 0,
-                "lease_token": 0,
-                "delivered_to": [],
-                "source_addr": source_addr,
-                "source_agent": source_agent,
-            }
-            for r in rows
-        ]
-        # Rows are inserted in order, so the batch's ids all exceed any older row's.
-        first = await self.session.scalar(insert(Q).values(values[0]).returning(Q.id))
-        if len(values) > 1:
-            await self.session.execute(insert(Q), values[1:])
-        await self.session.execute(
-            _SUPERSEDE_SQLITE, {"fps": fps, "first_id": first, "now": now, "note": SUPERSEDED_NOTE}
-        )
-        return len(values)
+        if any(not fp or "," in fp for fp in fps):
+            raise ValueError("alerts_insert_many: an empty fingerprint or one with a comma")
+        batch = _Batch(rows, fps, alert_type, now, max_attempts, source_addr, source_agent)
+        return await self._steps.insert_many(self.session, batch)
 
     async def ping(self) -> None:
         """One trivial statement: whether the database answers (the relay's readiness)."""

@@ -16,15 +16,18 @@ from typing import Any
 from sqlalchemy import (
     CursorResult,
     Table,
+    and_,
     bindparam,
     case,
     func,
+    or_,
     select,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from alertq.driver.sql import aware
 from alertq.models import (
@@ -110,21 +113,37 @@ class ManagedDriver:
         return (await self.session.scalars(stmt)).one_or_none()
 
     async def managed_list(
-        self, *, state: str | None = None, limit: int = 100
+        self, *, state: str | None = None, limit: int = 100, after: str | None = None
     ) -> list[ManagedAlertModel]:
-        """Managed alerts, firing first, newest first."""
+        """Managed alerts, firing first, newest first (``starts_at``, then ``id``).
+
+        ``after`` is a keyset cursor: the fingerprint of the last alert of the previous
+        page. The page continues after that alert's place in the order; an unknown
+        fingerprint gives no rows (the caller checks it exists first).
+        """
+        rank = case((M.state == ManagedState.FIRING.value, 0), else_=1)
         stmt = (
             select(M)
-            .order_by(
-                case((M.state == ManagedState.FIRING.value, 0), else_=1),
-                M.starts_at.desc(),
-                M.id.desc(),
-            )
+            .order_by(rank, M.starts_at.desc(), M.id.desc())
             .limit(limit)
             .execution_options(populate_existing=True)
         )
         if state is not None:
             stmt = stmt.where(M.state == state)
+        if after is not None:
+            c = aliased(M)
+            at = c.fingerprint == after
+            c_rank = select(case((c.state == ManagedState.FIRING.value, 0), else_=1))
+            c_starts, c_id = select(c.starts_at), select(c.id)
+            r0 = c_rank.where(at).scalar_subquery()
+            s0 = c_starts.where(at).scalar_subquery()
+            i0 = c_id.where(at).scalar_subquery()
+            stmt = stmt.where(
+                or_(
+                    rank > r0,
+                    and_(rank == r0, or_(M.starts_at < s0, and_(M.starts_at == s0, M.id < i0))),
+                )
+            )
         return list((await self.session.scalars(stmt)).all())
 
     async def managed_counts(self) -> dict[str, int]:
@@ -199,6 +218,10 @@ class ManagedDriver:
         )
         return (await self.session.scalars(stmt)).one_or_none()
 
+    async def heartbeats_get(self, name: str) -> HeartbeatModel | None:
+        stmt = select(H).where(H.name == name).execution_options(populate_existing=True)
+        return (await self.session.scalars(stmt)).one_or_none()
+
     async def heartbeats_ping(
         self, name: str, window_seconds: float, labels: dict[str, str], now: datetime
     ) -> None:
@@ -244,13 +267,26 @@ class ManagedDriver:
         )
         return _rowcount(await self.session.execute(stmt)) > 0
 
-    async def heartbeats_list(self, limit: int = 100) -> list[HeartbeatModel]:
+    async def heartbeats_list(
+        self, limit: int = 100, after: str | None = None
+    ) -> list[HeartbeatModel]:
+        """Heartbeats, missing first, then by name.
+
+        ``after`` is a keyset cursor: the name of the last heartbeat of the previous page;
+        an unknown name gives no rows (the caller checks it exists first).
+        """
+        rank = case((H.state == HeartbeatState.MISSING.value, 0), else_=1)
         stmt = (
-            select(H)
-            .order_by(case((H.state == HeartbeatState.MISSING.value, 0), else_=1), H.name)
-            .limit(limit)
-            .execution_options(populate_existing=True)
+            select(H).order_by(rank, H.name).limit(limit).execution_options(populate_existing=True)
         )
+        if after is not None:
+            c = aliased(H)
+            r0 = (
+                select(case((c.state == HeartbeatState.MISSING.value, 0), else_=1))
+                .where(c.name == after)
+                .scalar_subquery()
+            )
+            stmt = stmt.where(or_(rank > r0, and_(rank == r0, H.name > after)))
         return list((await self.session.scalars(stmt)).all())
 
 
