@@ -17,7 +17,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from alertq import limits
 from alertq.alerts import InvalidAlertPayload
 from alertq.config import parse_duration
-from alertq.managed import HeartbeatView, ManagedAlerts, ManagedAlertView, Outcome
+from alertq.managed import (
+    HeartbeatView,
+    ManagedAlerts,
+    ManagedAlertView,
+    Outcome,
+    UnknownCursor,
+)
 from alertq.opsview import OpsContext
 
 __all__ = ["managed_router"]
@@ -188,6 +194,10 @@ def managed_router(authorized: Any) -> APIRouter:
         422: {"description": "A label or annotation breaks a rule; the detail names it."},
     }
 
+    unknown_cursor: dict[int | str, dict[str, Any]] = {
+        404: {"description": "`after` names nothing (gone since the last page)."}
+    }
+
     def service(context: OpsContext) -> ManagedAlerts:
         return ManagedAlerts(context.settings, context.session_factory, clock=context.clock)
 
@@ -226,7 +236,7 @@ def managed_router(authorized: Any) -> APIRouter:
         context.invalidate()
         return _outcome(out)
 
-    @router.get("/api/managed", response_model=list[ManagedAlert])
+    @router.get("/api/managed", response_model=list[ManagedAlert], responses=unknown_cursor)
     async def list_managed(
         context: Ctx,
         state: Annotated[str | None, Query(pattern="^(firing|resolved)$")] = None,
@@ -243,8 +253,8 @@ def managed_router(authorized: Any) -> APIRouter:
         keep-alive. Keyset-paginated: a full page means there may be more."""
         try:
             views = await service(context).list_alerts(state=state, limit=limit, after=after)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
+        except UnknownCursor as exc:
+            raise HTTPException(404, str(exc)) from None
         return [_alert(v) for v in views]
 
     @router.post(
@@ -267,7 +277,7 @@ def managed_router(authorized: Any) -> APIRouter:
         context.invalidate()
         return _heartbeat(hb)
 
-    @router.get("/api/heartbeats", response_model=list[Heartbeat])
+    @router.get("/api/heartbeats", response_model=list[Heartbeat], responses=unknown_cursor)
     async def list_heartbeats(
         context: Ctx,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -283,8 +293,8 @@ def managed_router(authorized: Any) -> APIRouter:
         a full page means there may be more."""
         try:
             views = await service(context).list_heartbeats(limit, after)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
+        except UnknownCursor as exc:
+            raise HTTPException(404, str(exc)) from None
         return [_heartbeat(v) for v in views]
 
     return router

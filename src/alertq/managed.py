@@ -73,6 +73,7 @@ __all__ = [
     "ManagedAlerts",
     "ManagedKeepalive",
     "Outcome",
+    "UnknownCursor",
     "configure",
     "fire",
     "fire_sync",
@@ -407,7 +408,7 @@ class ManagedAlerts(_Service):
         async with transaction(self.session_factory) as s:
             driver = ManagedDriver(s)
             if after is not None and await driver.managed_get(after) is None:
-                raise ValueError(_UNKNOWN_CURSOR.format("managed alert has this fingerprint"))
+                raise UnknownCursor(_UNKNOWN_CURSOR.format("managed alert has this fingerprint"))
             rows = await driver.managed_list(state=state, limit=limit, after=after)
             return [ManagedAlertView.from_row(r) for r in rows]
 
@@ -422,8 +423,12 @@ class ManagedAlerts(_Service):
         async with transaction(self.session_factory) as s:
             driver = ManagedDriver(s)
             if after is not None and await driver.heartbeats_get(after) is None:
-                raise ValueError(_UNKNOWN_CURSOR.format("heartbeat has this name"))
+                raise UnknownCursor(_UNKNOWN_CURSOR.format("heartbeat has this name"))
             return [HeartbeatView.from_row(r) for r in await driver.heartbeats_list(limit, after)]
+
+
+class UnknownCursor(ValueError):
+    """A list's ``after`` names no row (it was deleted since the last page)."""
 
 
 _FINGERPRINT = re.compile("[0-9a-f]{16}")

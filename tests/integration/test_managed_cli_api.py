@@ -77,9 +77,9 @@ async def test_api_lists_page_by_keyset_after_the_last_item(
 @pytest.mark.parametrize(
     ("query", "status", "message"),
     [
-        ("/api/managed?after=0123456789abcdef", 400, "no managed alert has this fingerprint"),
+        ("/api/managed?after=0123456789abcdef", 404, "no managed alert has this fingerprint"),
         ("/api/managed?after=NOT-HEX", 422, "string_pattern_mismatch"),
-        ("/api/heartbeats?after=nobody", 400, "no heartbeat has this name"),
+        ("/api/heartbeats?after=nobody", 404, "no heartbeat has this name"),
         ("/api/heartbeats?after=bad%20name", 422, "string_pattern_mismatch"),
     ],
 )
