@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     # Keep-alive (Prometheus semantics: resend firing alerts, resend resolved ones for a while)
     resend_interval: float = Field(default=60.0, gt=0, le=_HOUR)
     resolved_retention: float = Field(default=900.0, ge=0, le=30 * _DAY)
+    # Seconds finished queue rows (sent, superseded, failed) are kept; 0 keeps them until
+    # `alertq purge` (retention.py). 7 days: what the replay after a restart reads.
+    history_retention: float = Field(default=7 * _DAY, ge=0, le=366 * _DAY)
 
     # Circuit breaker
     drift_threshold: float = Field(default=0.2, ge=-MAX_DRIFT_SCORE, le=MAX_DRIFT_SCORE)

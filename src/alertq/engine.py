@@ -62,6 +62,7 @@ from alertq.policy import (
     decide,
     newest_per_fingerprint,
 )
+from alertq.retention import RetentionService
 
 log = logging.getLogger("alertq.engine")
 
@@ -155,6 +156,9 @@ class AlertWorker:
             on_rearm=self._on_keepalive,
             outage=self.outage,
         )
+        self.retention = RetentionService(
+            settings, session_factory, clock=clock, outage=self.outage
+        )
 
     # -- public API
 
@@ -190,6 +194,10 @@ class AlertWorker:
         unsubscribe = wakeup.subscribe(_threadsafe(self.wake))
         loops_done = asyncio.Event()
         keepalive = asyncio.create_task(self.keepalive.run(loops_done), name="alertq-keepalive")
+        # Not while draining: a drain delivers what is queued and exits.
+        retention = asyncio.create_task(
+            _nothing() if drain else self.retention.run(loops_done), name="alertq-retention"
+        )
         try:
             loops = [
                 asyncio.create_task(self._loop(i, stop, drain), name=f"alertq-loop-{i}")
@@ -206,6 +214,7 @@ class AlertWorker:
             loops_done.set()
             unsubscribe()
             await keepalive
+            await retention
             await listener.stop()
 
     async def run_once(self, client: AlertmanagerClient) -> int:
@@ -652,3 +661,7 @@ def _id_ranges(ids: Sequence[int]) -> str:
 
 
 __all__ = ["AlertWorker", "ClientFactory", "WorkerStats"]
+
+
+async def _nothing() -> None:
+    return None

@@ -42,6 +42,10 @@ KEEPALIVES = Counter(
     "alertq_keepalives_sent_total", "Alerts re-armed to be re-sent while their state holds."
 )
 CLAIMS = Counter("alertq_claims_total", "Claim statements run by workers.")
+RETENTION_DELETED = Counter(
+    "alertq_retention_deleted_rows_total",
+    "Finished queue rows deleted once older than ALERTQ_HISTORY_RETENTION.",
+)
 
 QUEUE_ROWS = Gauge("alertq_queue_rows", "Rows in the queue by status.", ["status"])
 OLDEST_DUE_AGE = Gauge(

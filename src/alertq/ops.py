@@ -58,18 +58,23 @@ async def purge(
     *,
     batch_size: int = PURGE_BATCH,
     progress: Callable[[int], None] | None = None,
+    max_batches: int | None = None,
 ) -> int:
     """Delete old rows in batches, one short transaction each; returns the total.
 
     ``pending`` is refused (deleting undelivered alerts loses them), and so is any status
-    that is not one of :data:`~alertq.limits.PURGEABLE_STATUSES`.
+    that is not one of :data:`~alertq.limits.PURGEABLE_STATUSES`. With ``max_batches``, it
+    stops after that many batches (the retention service's bounded pass).
     """
     statuses = limits.check_purge_statuses(statuses)
     if cutoff.tzinfo is None:
         raise ValueError(f"naive datetime {cutoff!r}: pass an aware UTC datetime")
     limits.check_count(batch_size, "batch_size", 1, 100_000)
-    total, after_id = 0, 0
-    while True:
+    if max_batches is not None:
+        limits.check_count(max_batches, "max_batches", 1, 100_000)
+    total, after_id, batches = 0, 0, 0
+    while max_batches is None or batches < max_batches:
+        batches += 1
         async with transaction(factory) as session:
             deleted, last_id = await get_queue_driver(session).alerts_purge_batch(
                 cutoff, statuses, after_id, batch_size
@@ -79,6 +84,7 @@ async def purge(
         total, after_id = total + deleted, last_id
         if progress is not None:
             progress(total)
+    return total
 
 
 async def list_alerts(

@@ -1,6 +1,7 @@
 """Every setting does what it says: each ``Settings`` field is read by the code,
-``ALERTQ_MAX_ATTEMPTS`` alone decides how often a row is tried, and ``alertq worker`` runs
-the delivery loops ``ALERTQ_CONCURRENCY`` or its role says.
+``ALERTQ_MAX_ATTEMPTS`` alone decides how often a row is tried, ``alertq worker`` runs
+the delivery loops ``ALERTQ_CONCURRENCY`` or its role says, and deletes finished rows older
+than ``ALERTQ_HISTORY_RETENTION``.
 
 Split by test tier: these are the acceptance tests; see also
 ``tests/unit/test_settings_wiring.py``.
@@ -9,6 +10,8 @@ Split by test tier: these are the acceptance tests; see also
 from __future__ import annotations
 
 import json
+import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from alertq.driver import get_queue_driver
 from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
 from tests.support.clock import FakeClock
-from tests.support.processes import alertq_env, run_alertq_async
+from tests.support.processes import alertq_env, run_alertq_async, start_alertq, wait_until
 from tests.support.stub import StubAlertmanager
 
 
@@ -88,3 +91,35 @@ async def test_cli_worker_runs_the_loops_concurrency_or_its_role_says(
     )
     assert done.returncode == 0, done.describe()
     assert expected in done.message, done.describe()
+
+
+async def test_history_retention_env_var_makes_alertq_worker_delete_old_finished_rows(
+    db_url: str, session_factory: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    async with transaction(session_factory) as s:
+        queue = get_queue_driver(s)
+        ids = {}
+        for name, status, age in (
+            ("old-sent", "sent", timedelta(days=2)),
+            ("old-pending", "pending", timedelta(days=2)),  # undelivered: kept
+            ("young-sent", "sent", timedelta(hours=1)),
+        ):
+            row = await queue.alerts_insert(
+                [{"labels": {"alertname": name}}], "relay", None, None, now=now - age
+            )
+            row.status = status
+            ids[name] = row.id
+
+    async def only_the_kept_are_left() -> bool:
+        async with session_factory() as s:
+            left = {r.id for r in await get_queue_driver(s).alerts_list(limit=10)}
+        return left == {ids["old-pending"], ids["young-sent"]}
+
+    # Nothing listens on port 9: the pending row stays pending, so nothing else changes.
+    env = alertq_env(db_url, "http://127.0.0.1:9", history_retention=86400)
+    with start_alertq(["worker"], env, cwd=tmp_path) as worker:
+        await wait_until(only_the_kept_are_left, within=30, message=worker.describe)
+        worker.send_signal(signal.SIGTERM)
+        assert await worker.wait_async(30) == 0, worker.describe()
+    assert "retention: deleted 1 finished rows" in worker.stderr, worker.describe()
