@@ -12,6 +12,7 @@ from starlette.types import Message, Scope
 
 from alertq.api import create_app
 from alertq.db import create_engine, create_session_factory
+from alertq.managed import ManagedAlerts
 from alertq.opsview import OpsContext
 from tests.integration.test_relay_api import alert, relay, relay_settings
 
@@ -74,3 +75,22 @@ async def test_a_sender_that_disconnects_mid_body_raises_nothing(db_url: str) ->
     finally:
         await engine.dispose()
     assert sent and sent[0]["status"] != 500
+
+
+async def test_a_relayed_alert_never_retires_a_managed_alerts_row(db_url: str) -> None:
+    # Red-team pass 4: an unauthenticated POST /api/v2/alerts with a managed alert's labels
+    # (readable at /api/managed) superseded its pending row during an Alertmanager outage,
+    # and keep-alive then waited on the superseded row for good: the alert was never sent.
+    settings = relay_settings(db_url)
+    async with relay(settings) as r:
+        alerts = ManagedAlerts(settings, r.factory)
+        labels = {"alertname": "Victim", "severity": "critical"}
+        await alerts.fire(labels)
+        (managed_row,) = await r.rows()
+        assert (await r.post([{"labels": labels}])).status_code == 200
+        assert (await r.post([{"labels": labels}])).status_code == 200  # and again
+        by_type: dict[str, list[str]] = {}
+        for row in await r.rows():
+            by_type.setdefault(row.alert_type, []).append(row.status)
+    assert by_type[managed_row.alert_type] == ["pending"]
+    assert by_type["relay"] == ["superseded", "pending"]  # relayed rows retire each other
