@@ -166,12 +166,10 @@ def keepalive_step(
         return KeepaliveStep("enqueue", later(now + due_age), ends_at)
     if row_status == "pending":
         return KeepaliveStep("wait", later(now + tick))  # on its way already
-    if row_status == "sent":
-        last = sent_at
-    elif row_status == "failed":
-        last = last_attempt_at
-    else:  # superseded by someone else's row with these labels: theirs is the newest
-        return KeepaliveStep("wait", later(now + due_age))
+    # Superseded: another producer's newer row with these labels went first. The managed
+    # alert still holds, so it is re-sent on its cadence once that row is done (the re-arm
+    # never overtakes a newer pending row); waiting for good left it unsent (red team 4).
+    last = sent_at if row_status == "sent" else last_attempt_at
     if last is not None and now - last < due_age:
         return KeepaliveStep("wait", later(last + due_age))
     return KeepaliveStep("rearm", later(now + due_age), ends_at)

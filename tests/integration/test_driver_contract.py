@@ -307,6 +307,24 @@ async def test_alerts_rearm_makes_a_sent_row_pending_unless_a_newer_row_has_its_
     assert not await queue.alerts_rearm([(b, alert())], later)  # overtaken by a newer row
 
 
+async def test_alerts_rearm_takes_back_a_superseded_row_once_the_newer_one_is_done(
+    tx: AsyncSession,
+) -> None:
+    queue = get_queue_driver(tx)
+    (a,) = await add(tx, 1, fingerprint="f")
+    newer = await queue.alerts_enqueue(
+        alert(), "app", None, None, fingerprint="f", now=T0, max_attempts=5
+    )
+    assert (await fresh(tx, a)).status == "superseded"
+    later = T0 + timedelta(hours=1)
+    assert await queue.alerts_rearm([(a, alert("A"))], later) == []  # newer still pending
+    now = T0 + timedelta(minutes=1)
+    assert [c.id for c in await claim(tx, now, 1)] == [newer.id]
+    await queue.alerts_mark_sent([newer.id], 1, now, ["am"])
+    assert await queue.alerts_rearm([(a, alert("A"))], later) == [a]
+    assert (await fresh(tx, a)).status == "pending"
+
+
 async def test_alerts_rearm_takes_a_batch_in_one_call_and_returns_the_ids_it_rearmed(
     tx: AsyncSession,
 ) -> None:

@@ -24,6 +24,7 @@ from tests.integration.test_driver_contract import (
     add,
     alert,
     claim,
+    fresh,
 )
 
 Q = CostSimAlertQueueModel
@@ -339,8 +340,10 @@ async def test_alerts_insert_many_stores_due_rows_and_retires_older_unleased_one
     assert await insert_many(tx) == 0
     assert await insert_many(tx, "fa", "fb", "fc", source_addr="10.0.0.1", source_agent="am") == 3
     (leased,) = await claim(tx, T0, 1)  # "fa": in flight, its outcome comes first
+    (other_type,) = await add(tx, 1, fingerprint="fb")  # another producer's: not retired
     later = T0 + timedelta(seconds=5)
     assert await insert_many(tx, "fa", "fb", now=later) == 2
+    assert (await fresh(tx, other_type)).status == "pending"
     rows = await rows_of(tx)
     got = [(r.fingerprint, r.status, r.created_at) for r in rows]
     assert got == [

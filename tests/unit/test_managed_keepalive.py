@@ -67,7 +67,22 @@ def sec(n: float) -> timedelta:
             {"row_status": "failed", "sent_at": None, "last_attempt_at": NOW},
             ("wait", NOW + sec(55), None),
         ),
-        ("superseded by a newer row", {"row_status": "superseded"}, ("wait", NOW + sec(55), None)),
+        # Another producer's row went first; the managed alert is re-sent on its cadence.
+        (
+            "superseded, attempted an interval ago",
+            {"row_status": "superseded"},
+            ("rearm", NOW + sec(55), NOW + sec(240)),
+        ),
+        (
+            "superseded before any attempt",
+            {"row_status": "superseded", "last_attempt_at": None},
+            ("rearm", NOW + sec(55), NOW + sec(240)),
+        ),
+        (
+            "superseded, attempted just now",
+            {"row_status": "superseded", "last_attempt_at": NOW},
+            ("wait", NOW + sec(55), None),
+        ),
         ("row purged", {"row_status": None}, ("enqueue", NOW + sec(55), NOW + sec(240))),
         (
             "expiry soon caps endsAt and the next look",

@@ -59,7 +59,9 @@ class LatestRow:
 
 
 # Older unleased pending rows of the batch's fingerprints are retired in a CTE that runs on
-# the statement's snapshot, so it never sees the rows this statement inserts. The payloads
+# the statement's snapshot, so it never sees the rows this statement inserts. Only rows of
+# the batch's own alert type: an unauthenticated relay sender must not retire a managed
+# alert's or a breaker's row by posting its labels (red-team pass 4). The payloads
 # and fingerprints arrive as one text each, split here: asyncpg checks every element of a
 # text[] parameter against three ABCs (0.2 ms of CPU per 256-alert body).
 _INSERT_MANY_PG = text(
@@ -68,7 +70,8 @@ _INSERT_MANY_PG = text(
         UPDATE costsim_alert_queue SET status = 'superseded', last_error = :note,
                leased_until = NULL, leased_by = NULL
         WHERE fingerprint = ANY(string_to_array(CAST(:fps AS text), ','))
-          AND status = 'pending' AND (leased_until IS NULL OR leased_until <= :now)
+          AND status = 'pending' AND alert_type = CAST(:alert_type AS text)
+          AND (leased_until IS NULL OR leased_until <= :now)
         RETURNING id
     ), inserted AS (
         INSERT INTO costsim_alert_queue
@@ -92,7 +95,7 @@ _SUPERSEDE_SQLITE = text(
     UPDATE costsim_alert_queue SET status = 'superseded', last_error = :note,
            leased_until = NULL, leased_by = NULL
     WHERE status = 'pending' AND fingerprint IN :fps AND id < :first_id
-      AND (leased_until IS NULL OR leased_until <= :now)
+      AND alert_type = :alert_type AND (leased_until IS NULL OR leased_until <= :now)
     """
 ).bindparams(bindparam("fps", expanding=True), bindparam("now", type_=UTCDateTime()))
 
@@ -155,7 +158,13 @@ class _SqliteIntake:
             await session.execute(insert(Q), values[1:])
         await session.execute(
             _SUPERSEDE_SQLITE,
-            {"fps": b.fps, "first_id": first, "now": b.now, "note": SUPERSEDED_NOTE},
+            {
+                "fps": b.fps,
+                "first_id": first,
+                "now": b.now,
+                "note": SUPERSEDED_NOTE,
+                "alert_type": b.alert_type,
+            },
         )
         return len(values)
 
@@ -181,7 +190,8 @@ class IntakeDriver:
         source_agent: str | None,
     ) -> int:
         """Insert one pending row per entry, due ``now``, and retire older unleased pending
-        rows of the same fingerprints. Returns the number of rows inserted.
+        rows of the same fingerprints and ``alert_type``. Returns the number of rows
+        inserted.
 
         Within ``rows`` a fingerprint must appear once (the caller keeps the last alert of
         a label set, as Alertmanager ends up with), and none may be empty or hold a comma

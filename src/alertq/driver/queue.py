@@ -283,7 +283,7 @@ class QueueDriver:
         self, rows: Sequence[tuple[int, list[dict[str, Any]]]], now: datetime
     ) -> list[int]:
         """Make each (row id, payload) pending again, due ``now``, with that payload, if it
-        is sent or failed and no newer pending row has its labels (a resolving row must
+        is sent, failed or superseded and no newer pending row has its labels (a resolving row must
         never be overtaken by a re-armed firing one). The row counts as enqueued anew:
         attempts 0, no target has it, ``created_at = now``. One statement for the batch;
         returns the ids re-armed."""

@@ -409,7 +409,7 @@ _RECORD_SQLITE_FENCE = (
 
 
 def _rearm(row_id: Any, payload: Any) -> Any:
-    """Re-arm sent or failed rows: each gets its new payload, due ``:now``, counted as
+    """Re-arm sent, failed or superseded rows: each gets its new payload, due ``:now``, counted as
     enqueued anew. Not while a newer pending row has its labels (someone else's newer state
     must not be overtaken); the partial pending-fingerprint index serves that probe.
 
@@ -427,7 +427,7 @@ def _rearm(row_id: Any, payload: Any) -> Any:
             # with the seed's (dropped in 0005) and no statistics, SQLite walked every sent
             # row and json_each for each (9x the CPU).
             func.coalesce(Q.status, literal_column("''")).in_(
-                [literal_column(f"'{SENT}'"), literal_column(f"'{FAILED}'")]
+                [literal_column(f"'{s}'") for s in (SENT, FAILED, SUPERSEDED)]
             ),
             ~exists().where(
                 newer.fingerprint == Q.fingerprint,
