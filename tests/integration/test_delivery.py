@@ -145,6 +145,25 @@ async def test_redirect_loop_is_misconfigured_and_not_followed(
     assert result.error is not None and "redirect" in result.error
 
 
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        # Red-team pass 4: an auth proxy's relative or query-string redirect raised in the
+        # description of the answer, which failed the record of every row of the cycle.
+        ("/oauth2/sign_in", "/oauth2/sign_in"),
+        ("https://sso.example.com/login?rd=%2F", "https://sso.example.com/login"),
+        ("https://user:pw@sso.example.com/x#frag", "https://sso.example.com/x"),
+    ],
+)
+async def test_any_redirect_is_described_without_raising_or_credentials(
+    stub: StubAlertmanager, client: AlertmanagerClient, location: str, shown: str
+) -> None:
+    stub.respond(302, "", headers={"Location": location})
+    [result] = await client.post_alerts(ALERTS)
+    assert result.error_class is ErrorClass.MISCONFIGURED and result.status_code == 302
+    assert result.error == f"HTTP 302: redirect to {shown} (redirects are not followed)"
+
+
 async def test_response_text_is_truncated(
     stub: StubAlertmanager, client: AlertmanagerClient
 ) -> None:
