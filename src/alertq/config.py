@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 import urllib.parse
+from collections.abc import Callable
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +31,7 @@ from alertq.limits import (  # parse_duration is re-exported: callers import it 
     MAX_ERROR_COUNT,
     MAX_NAME_LENGTH,
     parse_duration,
+    split_http_url,
 )
 
 __all__ = ["DeliveryQuorum", "Settings", "UnsafeConfigFile", "get_settings", "parse_duration"]
@@ -45,13 +48,14 @@ _HOUR = 3600
 _DAY = 24 * _HOUR
 
 
-def _without_userinfo(url: str) -> str:
-    """``url`` for an error message, with anything that may be ``user:password@`` hidden."""
-    if "@" not in url:
-        return url
-    scheme, sep, rest = url.partition("://")
-    host = (rest if sep else url).rpartition("@")[2]
-    return f"{scheme}{sep}***@{host}" if sep else f"***@{host}"
+def _load_tls(setting: str, load: Callable[[], object]) -> None:
+    """Run ``load``; a file that cannot be read or parsed is a one-line ValueError (an
+    encrypted key is refused, never prompted for: alertq has no key password)."""
+    try:
+        load()
+    except OSError as exc:  # ssl.SSLError is one
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise ValueError(f"{setting}: cannot load it ({reason})") from None
 
 
 class UnsafeConfigFile(ValueError):
@@ -216,18 +220,17 @@ class Settings(BaseSettings):
     @field_validator("alertmanager_urls")
     @classmethod
     def _check_urls(cls, value: list[str]) -> list[str]:
+        # The delivery adapter's own rule (limits.split_http_url), so a URL it would refuse,
+        # or one whose password holds an unencoded '/', stops the command at start.
+        # alertq appends /api/v2/alerts: a query or a fragment has no place to go.
+        if not value:
+            raise ValueError("at least one Alertmanager URL is needed")
+        keys: set[str] = set()
         for url in value:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(
-                    "Alertmanager URL must start with http:// or https://: "
-                    f"{_without_userinfo(url)!r}"
-                )
-            # alertq appends /api/v2/alerts: a query or a fragment has no place to go.
-            if "?" in url or "#" in url:
-                raise ValueError(
-                    "Alertmanager URL must not have a query or fragment: "
-                    f"{_without_userinfo(url.split('?')[0].split('#')[0])!r}…"
-                )
+            key = split_http_url(url)[0]
+            if key in keys:
+                raise ValueError(f"Alertmanager URL listed twice: {key!r}")
+            keys.add(key)
         return [u.rstrip("/") for u in value]
 
     @field_validator("database_url")
@@ -238,9 +241,14 @@ class Settings(BaseSettings):
         try:
             parts = urllib.parse.urlsplit(value)
             port = parts.port  # ValueError unless a number from 0 to 65535
-        except ValueError as exc:  # its text names the port, never the password
+        except ValueError as exc:  # its text can quote a password holding '/', '?' or '#'
+            reason = (
+                "Port out of range 0-65535"
+                if "out of range" in str(exc)
+                else ("no valid host or port; percent-encode '/', '?', '#' and '@' in a password")
+            )
             raise ValueError(
-                f"not a database URL ({str(exc)[:80]}): use sqlite+aiosqlite:///… or "
+                f"not a database URL ({reason}): use sqlite+aiosqlite:///… or "
                 "postgresql+asyncpg://…"
             ) from None
         backend = parts.scheme.partition("+")[0]
@@ -248,6 +256,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"unsupported database {backend[:40]!r}: use sqlite+aiosqlite:///… or "
                 "postgresql+asyncpg://…"
+            )
+        # SQLAlchemy picks asyncpg for a bare postgresql://, but pysqlite (not async) for
+        # sqlite://: that failed at the first statement with exit 1.
+        driver = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}[backend]
+        if parts.scheme not in (f"{backend}+{driver}", "postgresql"):
+            raise ValueError(
+                f"use {backend}+{driver}://… (alertq's driver; got {parts.scheme[:40]!r})"
             )
         if port == 0:
             raise ValueError("port 0 is out of range (1-65535)")
@@ -303,6 +318,18 @@ class Settings(BaseSettings):
                 )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both ALERTQ_TLS_CERT_FILE and ALERTQ_TLS_KEY_FILE")
+        # Loaded here, as the server and the client will, so a missing or unreadable file
+        # stops the command at start with exit 2 (it was exit 1 and a stray traceback).
+        cert, key = self.tls_cert_file, self.tls_key_file
+        if cert is not None and key is not None:
+            server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            _load_tls(
+                "ALERTQ_TLS_CERT_FILE / ALERTQ_TLS_KEY_FILE",
+                lambda: server.load_cert_chain(cert, key, password=lambda: ""),
+            )
+        if self.alertmanager_ca_file is not None:
+            ca = self.alertmanager_ca_file
+            _load_tls("ALERTQ_ALERTMANAGER_CA_FILE", lambda: ssl.create_default_context(cafile=ca))
         return self
 
     @property

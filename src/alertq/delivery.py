@@ -25,11 +25,12 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from alertq.config import Settings
+from alertq.limits import split_http_url
 
 __all__ = [
     "AlertmanagerClient",
@@ -144,18 +145,22 @@ def target_key(url: str) -> str:
 
 
 def _split_url(url: str) -> tuple[str, str | None, str | None]:
-    """Split ``url`` into (key, username, password); raise ValueError without echoing secrets."""
-    parts = urlsplit(url.strip())
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    key = urlunsplit((parts.scheme.lower(), hostport, parts.path.rstrip("/"), "", ""))
-    if parts.scheme.lower() not in ("http", "https") or not hostport:
-        raise ValueError(f"Alertmanager URL must be http(s)://host[:port][/path]: {key!r}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"Alertmanager URL must not have a query or fragment: {key!r}")
-    if not userinfo:
-        return key, None, None
-    user, sep, password = userinfo.partition(":")
-    return key, unquote(user), unquote(password) if sep else None
+    """Split ``url`` into (key, username, password); ValueError without echoing secrets
+    (the same rule the settings check at start-up)."""
+    return split_http_url(url)
+
+
+def _redirect_target(location: str) -> str:
+    """A redirect's ``Location`` as a log may show it: any URL an Alertmanager (or a proxy
+    in front of it) sends, relative or with a query, without userinfo, query or fragment.
+    Raising here once failed every record of the cycle, for every target."""
+    try:
+        parts = urlsplit(location.strip())
+    except ValueError:
+        return "?"
+    host = parts.netloc.rpartition("@")[2]
+    shown = urlunsplit((parts.scheme.lower(), host, parts.path, "", ""))
+    return " ".join(shown.split())[:200] or "?"
 
 
 @dataclass(slots=True)
@@ -443,7 +448,7 @@ class AlertmanagerClient:
 
     def _describe_status(self, reply: _Reply) -> str:
         if 300 <= reply.status < 400:
-            where = target_key(reply.location) if reply.location else "?"
+            where = _redirect_target(reply.location) if reply.location else "?"
             return f"HTTP {reply.status}: redirect to {where} (redirects are not followed)"
         text = " ".join(reply.text.split())[:200]
         return f"HTTP {reply.status}: {text}" if text else f"HTTP {reply.status}"

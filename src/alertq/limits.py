@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Iterable
 from datetime import timedelta
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 __all__ = [
     "DURATION_HELP",
@@ -202,3 +203,45 @@ def check_purge_statuses(values: Iterable[object], field: str = "status") -> lis
     if not chosen:
         raise ValueError(f"{field} must name at least one of {', '.join(PURGEABLE_STATUSES)}")
     return chosen
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` for a message, with everything up to its last ``@`` after the scheme hidden:
+    a password may hold ``/``, ``?`` or ``#`` that a URL parser takes for the host's end."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return url[:200]
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"[:200]
+
+
+def split_http_url(url: str, what: str = "Alertmanager URL") -> tuple[str, str | None, str | None]:
+    """``(key, username, password)`` of an ``http(s)://[user[:password]@]host[:port][/path]``
+    URL; the key has no userinfo and no trailing ``/``. ``ValueError`` names the rule
+    broken and shows the URL without its userinfo: a parser's own message can quote a
+    password (``Port could not be cast to integer value as 'pa'``)."""
+    shown = without_userinfo(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        raise ValueError(f"{what} is not a URL: {shown!r}") from None
+    if "@" in parts.path + parts.query + parts.fragment:
+        raise ValueError(
+            f"{what} has an '@' after its host: percent-encode '/', '?', '#' and '@' in a "
+            f"username or password (%2F, %3F, %23, %40): {shown!r}"
+        )
+    try:
+        parts.port  # noqa: B018 (a number from 0 to 65535, or ValueError)
+    except ValueError:
+        raise ValueError(f"{what} has no valid port: {shown!r}") from None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    key = urlunsplit((parts.scheme.lower(), hostport, parts.path.rstrip("/"), "", ""))
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be http(s)://host[:port][/path]: {shown!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{what} must not have a query or fragment: {key!r}")
+    if not userinfo:
+        return key, None, None
+    user, sep, password = userinfo.partition(":")
+    return key, unquote(user), unquote(password) if sep else None

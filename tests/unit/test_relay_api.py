@@ -8,12 +8,16 @@ Split by test tier: these are the unit tests; see also ``tests/integration/test_
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from alertq.config import Settings
 from alertq.runner import warn_open_intake
+
+# A self-signed pair for tests only (openssl req -x509 -nodes -days 36500, CN 127.0.0.1).
+TLS = Path(__file__).parents[1] / "support" / "tls"
 
 
 def test_intake_and_tls_settings_come_from_the_environment(
@@ -22,14 +26,14 @@ def test_intake_and_tls_settings_come_from_the_environment(
     monkeypatch.setenv("ALERTQ_CONFIG_FILE", str(tmp_path / "none.toml"))
     monkeypatch.setenv("ALERTQ_INTAKE_USERNAME", "prom")
     monkeypatch.setenv("ALERTQ_INTAKE_PASSWORD", "pw")
-    monkeypatch.setenv("ALERTQ_TLS_CERT_FILE", "/etc/alertq/cert.pem")
-    monkeypatch.setenv("ALERTQ_TLS_KEY_FILE", "/etc/alertq/key.pem")
+    monkeypatch.setenv("ALERTQ_TLS_CERT_FILE", str(TLS / "cert.pem"))
+    monkeypatch.setenv("ALERTQ_TLS_KEY_FILE", str(TLS / "key.pem"))
     settings = Settings()
     assert settings.intake_username == "prom"
     assert settings.intake_password is not None
     assert settings.intake_password.get_secret_value() == "pw"
-    assert str(settings.tls_cert_file) == "/etc/alertq/cert.pem"
-    assert str(settings.tls_key_file) == "/etc/alertq/key.pem"
+    assert settings.tls_cert_file == TLS / "cert.pem"
+    assert settings.tls_key_file == TLS / "key.pem"
     monkeypatch.setenv("ALERTQ_INTAKE_BEARER_TOKEN", "t")
     with pytest.raises(ValueError, match="either basic auth or a bearer token"):
         Settings()
@@ -37,6 +41,27 @@ def test_intake_and_tls_settings_come_from_the_environment(
     monkeypatch.delenv("ALERTQ_TLS_KEY_FILE")
     with pytest.raises(ValueError, match="TLS needs both"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        # Red-team pass 4: these started, then failed with exit 1 and a stray traceback
+        # (the server's TLS) or "failed: FileNotFoundError" (the client's CA file).
+        ({"ALERTQ_TLS_CERT_FILE": "missing.pem", "ALERTQ_TLS_KEY_FILE": "key.pem"}, "TLS_CERT"),
+        ({"ALERTQ_TLS_CERT_FILE": "cert.pem", "ALERTQ_TLS_KEY_FILE": "cert.pem"}, "TLS_CERT"),
+        ({"ALERTQ_ALERTMANAGER_CA_FILE": "missing.pem"}, "ALERTMANAGER_CA_FILE"),
+        ({"ALERTQ_ALERTMANAGER_CA_FILE": "key.pem"}, "ALERTMANAGER_CA_FILE"),
+    ],
+)
+def test_tls_files_that_cannot_be_loaded_are_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], name: str
+) -> None:
+    for var, file in env.items():
+        monkeypatch.setenv(var, str(TLS / file))
+    with pytest.raises(ValueError, match=f"ALERTQ_{name}.*: cannot load it") as refused:
+        Settings(database_url="sqlite+aiosqlite://")
+    assert "PRIVATE KEY" not in str(refused.value)
 
 
 def test_open_intake_on_a_network_address_warns_once(caplog: pytest.LogCaptureFixture) -> None:
