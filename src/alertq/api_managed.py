@@ -22,6 +22,7 @@ from alertq.managed import (
     ManagedAlerts,
     ManagedAlertView,
     Outcome,
+    OwnedByAlertq,
     UnknownCursor,
 )
 from alertq.opsview import OpsContext
@@ -170,6 +171,8 @@ def _duration(value: str, field: str) -> Any:
 
 
 def _refused(exc: ValueError) -> HTTPException:
+    if isinstance(exc, OwnedByAlertq):
+        return HTTPException(409, str(exc))
     if isinstance(exc, InvalidAlertPayload):
         return HTTPException(422, f"{exc.field or 'labels'}: {exc.rule}")
     return HTTPException(422, str(exc))
@@ -191,6 +194,7 @@ def managed_router(authorized: Any) -> APIRouter:
         400: {"description": "The body is not UTF-8 JSON."},
         401: {"description": "Missing or wrong bearer token."},
         403: {"description": "Mutations are disabled (no ALERTQ_API_TOKEN)."},
+        409: {"description": "The labels are a breaker's or a heartbeat's alert (alertq's own)."},
         422: {"description": "A label or annotation breaks a rule; the detail names it."},
     }
 

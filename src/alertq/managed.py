@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from alertq import metrics
 from alertq.alerts import (
+    BREAKER_ALERTNAME,
     KEEPALIVE_FACTOR,
     InvalidAlertPayload,
     label_fingerprint,
@@ -73,6 +74,7 @@ __all__ = [
     "ManagedAlerts",
     "ManagedKeepalive",
     "Outcome",
+    "OwnedByAlertq",
     "UnknownCursor",
     "configure",
     "fire",
@@ -336,6 +338,7 @@ class ManagedAlerts(_Service):
         """Make the alert firing. Idempotent: firing one that is already firing updates its
         annotations (re-sent at once if they changed) and expiry, and keeps ``startsAt``."""
         valid = _labels_and_annotations(labels, annotations, generator_url)
+        _not_alertqs_own(valid[0])
         delta = _expires_in(expires_in)
         async with self._transaction(session) as s:
             now = self.clock()
@@ -353,6 +356,7 @@ class ManagedAlerts(_Service):
         """Resolve the alert. Resolving one that is not firing changes nothing and says so
         (``Outcome.changed`` False, detail ``not firing``)."""
         valid_labels, _, _ = _labels_and_annotations(labels, None, None)
+        _not_alertqs_own(valid_labels)
         async with self._transaction(session) as s:
             return await resolve_in(s, self.settings, valid_labels, now=self.clock())
 
@@ -423,6 +427,25 @@ class ManagedAlerts(_Service):
             if after is not None and await driver.heartbeats_get(after) is None:
                 raise UnknownCursor(_UNKNOWN_CURSOR.format("heartbeat has this name"))
             return [HeartbeatView.from_row(r) for r in await driver.heartbeats_list(limit, after)]
+
+
+class OwnedByAlertq(ValueError):
+    """The labels are those of an alert alertq itself keeps: a breaker's or a heartbeat's."""
+
+
+_OWNERS = {
+    BREAKER_ALERTNAME: "a circuit breaker's: `alertq breaker trip/reset` changes it",
+    HEARTBEAT_ALERTNAME: "a heartbeat's: a ping resolves it",
+}
+
+
+def _not_alertqs_own(labels: Mapping[str, str]) -> None:
+    """Refuse to fire or resolve, through the public API, an alert whose owner is alertq:
+    resolving a breaker's alert left the breaker open and its incident unresolved, and
+    firing HeartbeatMissing spoofed a heartbeat (red-team pass 4)."""
+    owner = _OWNERS.get(labels.get("alertname", ""))
+    if owner is not None:
+        raise OwnedByAlertq(f"alertname {labels['alertname']} is {owner}")
 
 
 class UnknownCursor(ValueError):

@@ -92,6 +92,32 @@ async def test_api_an_unknown_or_malformed_cursor_is_a_short_4xx(
     assert len(r.content) < 600 and "Traceback" not in r.text
 
 
+async def test_api_refuses_to_fire_or_resolve_alertqs_own_alerts(
+    db_url: str, session_factory: Factory
+) -> None:
+    # Red-team pass 4: resolving a breaker's alert through the managed API answered
+    # "resolved" and silenced it in Alertmanager while the breaker stayed open and its
+    # incident unresolved; firing HeartbeatMissing spoofed a heartbeat.
+    async with serve(api_settings(db_url), session_factory) as (client, _):
+        trip = {"reason": "drift by hand"}
+        r = await client.post("/api/breakers/costsim/trip", json=trip, headers=AUTH)
+        assert r.status_code == 200, r.text
+        (breaker_alert,) = (await client.get("/api/managed")).json()
+        for path, labels in (
+            ("/api/managed/resolve", breaker_alert["labels"]),
+            ("/api/managed/fire", breaker_alert["labels"]),
+            ("/api/managed/fire", {"alertname": "HeartbeatMissing", "heartbeat": "backup"}),
+            ("/api/managed/resolve", {"alertname": "HeartbeatMissing", "heartbeat": "backup"}),
+        ):
+            r = await client.post(path, json={"labels": labels}, headers=AUTH)
+            assert r.status_code == 409, r.text
+            assert "is a circuit breaker's" in r.text or "is a heartbeat's" in r.text
+        (still,) = (await client.get("/api/managed")).json()
+        assert still["state"] == "firing"
+        (breaker,) = (await client.get("/api/breakers")).json()
+        assert breaker["disabled"] is True
+
+
 @SQLITE_ONLY
 @pytest.mark.parametrize(
     ("path", "body", "message"),
