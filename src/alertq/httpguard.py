@@ -223,9 +223,11 @@ class RequestGuard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                kept = list(message.get("headers", []))
                 if not complete:  # the rest of the body is never read: close after
-                    kept = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
-                    message = {**message, "headers": [*kept, (b"connection", b"close")]}
+                    kept = [h for h in kept if h[0].lower() != b"connection"]
+                    kept.append((b"connection", b"close"))
+                message = {**message, "headers": [*kept, *SECURITY_HEADERS]}
             await send(message)
 
         try:
@@ -234,6 +236,15 @@ class RequestGuard:
             if started:
                 raise
             await _reply(send, exc.status_code, str(exc.detail))
+
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+"""On every answer (red-team pass 4): no MIME sniffing, no framing (clickjacking of the
+status page), no ops URLs leaked in a Referer."""
 
 
 async def _reply(send: Send, status: int, detail: str, extra: dict[str, str] | None = None) -> None:
@@ -245,6 +256,7 @@ async def _reply(send: Send, status: int, detail: str, extra: dict[str, str] | N
         (b"connection", b"close"),
     ]
     headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    headers += SECURITY_HEADERS
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq.api import create_app, require_token
 from alertq.config import Settings
 from alertq.opsview import OpsContext
+from tests.integration.test_api import api_settings, serve
 from tests.support import free_port
 
 TOKEN = "body-token-5ca1ab1e"
@@ -87,3 +89,26 @@ async def test_a_route_added_later_gets_the_same_front_door(
 
             streamed = await client.post(path, content=chunks(), headers=auth)
             assert streamed.status_code == 413, (path, streamed.text)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_every_answer_carries_the_security_headers_and_the_page_its_csp(
+    db_url: str, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    # Red-team pass 4: no answer said nosniff, no framing or no referrer; the page no CSP.
+    async with serve(api_settings(db_url), session_factory) as (client, _):
+        answers = {
+            "page": await client.get("/"),
+            "json": await client.get("/api/stats"),
+            "not found": await client.get("/api/nonexistent"),
+            "refused before the app": await client.post("/api/alerts/retry-failed"),
+            "relay": await client.post("/api/v2/alerts", json=[{"labels": {"alertname": "A"}}]),
+        }
+    assert [a.status_code for a in answers.values()] == [200, 200, 404, 401, 200]
+    for name, answer in answers.items():
+        assert answer.headers["x-content-type-options"] == "nosniff", name
+        assert answer.headers["x-frame-options"] == "DENY", name
+        assert answer.headers["referrer-policy"] == "no-referrer", name
+    csp = answers["page"].headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "content-security-policy" not in answers["json"].headers
