@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 import urllib.parse
 from collections.abc import Callable
@@ -56,6 +57,9 @@ def _load_tls(setting: str, load: Callable[[], object]) -> None:
     except OSError as exc:  # ssl.SSLError is one
         reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
         raise ValueError(f"{setting}: cannot load it ({reason})") from None
+
+
+_HOST_NAME = re.compile(r"\*|[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 
 class UnsafeConfigFile(ValueError):
@@ -164,6 +168,10 @@ class Settings(BaseSettings):
     # Security (issue 9): request size limit and the proxies whose forwarded headers count
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Host names the ops server answers to besides loopback ones (red-team pass 4: DNS
+    # rebinding). Bound to a loopback address, only loopback names are answered unless
+    # listed here; bound elsewhere, any name unless this is set. "*": any, always.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Relay (issue 11): the Alertmanager-compatible intake, its auth, TLS and replay
     intake_username: str | None = None
@@ -195,6 +203,21 @@ class Settings(BaseSettings):
     def _split_urls(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [u.strip() for u in value.split(",") if u.strip()]
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [h.strip() for h in value.split(",") if h.strip()]
+        if isinstance(value, list):
+            for host in value:
+                if not isinstance(host, str) or not _HOST_NAME.fullmatch(host):
+                    raise ValueError(
+                        f"not a host name: {str(host)[:80]!r} (e.g. alertq.example.com, "
+                        "10.0.0.5, [2001:db8::1], or * for any)"
+                    )
+            return [h.lower() for h in value]
         return value
 
     @field_validator("trusted_proxies", mode="before")

@@ -168,6 +168,14 @@ class RequestGuard:
             headers.setdefault(name, value.decode("latin-1"))
             if name == "x-forwarded-for":
                 forwarded.append(value.decode("latin-1"))
+        if not host_allowed(self.settings, headers.get("host")):
+            await _reply(
+                send,
+                400,
+                "the Host header names another server: list it in ALERTQ_ALLOWED_HOSTS "
+                "if alertq is reached by that name",
+            )
+            return
         client = scope.get("client")
         if client:
             # Every line, joined (RFC 9110): HAProxy adds its own line after the client's,
@@ -236,6 +244,38 @@ class RequestGuard:
             if started:
                 raise
             await _reply(send, exc.status_code, str(exc.detail))
+
+
+def _host_name(host_header: str) -> str:
+    """The name in a ``Host`` header, without its port; IPv6 literals keep brackets."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _is_loopback(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(settings: Settings, host_header: str | None) -> bool:
+    """Whether to answer a request with this ``Host`` (DNS rebinding: a web page whose
+    name resolves to 127.0.0.1 could otherwise read the ops API and post alerts to a
+    server bound to loopback). No header (HTTP/1.0) is answered: browsers always send
+    one."""
+    allowed = settings.allowed_hosts
+    if host_header is None or "*" in allowed:
+        return True
+    bind = _host_name(settings.http_addr) or "0.0.0.0"
+    if not allowed and not _is_loopback(bind):
+        return True  # on a network address, reached by names alertq cannot know
+    name = _host_name(host_header)
+    return _is_loopback(name) or name in allowed
 
 
 SECURITY_HEADERS = [

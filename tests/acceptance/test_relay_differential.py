@@ -86,7 +86,7 @@ async def test_corpus_answers_and_stores_what_alertmanager_does(
     transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 4567))
     try:
         async with (
-            httpx.AsyncClient(transport=transport, base_url="http://relay") as relay,
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as relay,
             httpx.AsyncClient(base_url=reference.url, trust_env=False, timeout=10) as am,
         ):
             mismatches = []
@@ -159,7 +159,7 @@ async def test_trailing_slashes_are_routed_as_alertmanager_does_and_never_redire
     headers = {**JSON, "Host": "evil.example"}
     try:
         async with (
-            httpx.AsyncClient(transport=transport, base_url="http://relay") as relay,
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as relay,
             httpx.AsyncClient(base_url=reference.url, trust_env=False, timeout=10) as am,
         ):
             stored = set()

@@ -79,7 +79,7 @@ async def test_restarted_alertmanager_relearns_every_live_alert_within_15s(
     stop = asyncio.Event()
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://relay") as relay:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as relay:
             for start in range(0, len(alerts), 250):
                 response = await relay.post("/api/v2/alerts", json=alerts[start : start + 250])
                 assert response.status_code == 200, response.text

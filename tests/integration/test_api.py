@@ -68,7 +68,7 @@ async def serve(
     """The app on an in-process transport, and the context it reads."""
     context = OpsContext(settings, factory, **context_options)
     transport = httpx.ASGITransport(app=create_app(context))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client, context
 
 
@@ -447,7 +447,8 @@ async def test_an_unreachable_database_is_a_503_not_a_500(tmp_path: Path) -> Non
 # schemathesis reads the schema from this app at import time (its lazy fixture loader does
 # not run under pytest 9); the `schema_context` fixture then points the app at a seeded
 # database before any case runs.
-_PLACEHOLDER = api_settings("sqlite+aiosqlite:///:memory:")
+# schemathesis's ASGI client sends Host: testserver.
+_PLACEHOLDER = api_settings("sqlite+aiosqlite:///:memory:", allowed_hosts=["testserver"])
 SCHEMA_APP = create_app(
     OpsContext(_PLACEHOLDER, create_session_factory(create_engine(_PLACEHOLDER)))
 )
@@ -467,7 +468,9 @@ def schema_context(
     path = tmp_path_factory.mktemp("schemathesis") / "alertq.db"
     shutil.copy(sqlite_template, path)
     with StubAlertmanager() as stub:
-        settings = api_settings(f"sqlite+aiosqlite:///{path}", stub.url)
+        settings = api_settings(
+            f"sqlite+aiosqlite:///{path}", stub.url, allowed_hosts=["testserver"]
+        )
         engine = create_engine(settings, poolclass=NullPool)
         factory = create_session_factory(engine)
         context = OpsContext(settings, factory)

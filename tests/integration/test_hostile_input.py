@@ -691,7 +691,7 @@ def test_ops_api_fuzzed_mutations_never_answer_5xx_and_refusals_change_nothing(
     def check(factory: Factory, runner: asyncio.Runner) -> None:
         app = create_app(OpsContext(settings_, factory))
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
         )
         ids = runner.run(seed_api(settings_, factory))
 
@@ -760,7 +760,7 @@ async def test_ops_api_refuses_unprintable_or_huge_input_with_a_short_422(
     before = await all_rows(session_factory)
     headers = dict(AUTH) | ({"Content-Type": content_type} if content_type else {})
     transport = httpx.ASGITransport(app=create_app(OpsContext(settings_, session_factory)))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         response = await client.post(path, content=body, headers=headers)
     assert response.status_code == 422, response.text[:300]
     assert len(response.content) < 1000

@@ -3,6 +3,7 @@ labels, a reset resolves it, and its queue rows keep the breaker's types and inc
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -10,7 +11,7 @@ from alertq.alerts import breaker_labels
 from alertq.breaker import CircuitBreaker
 from alertq.config import Settings
 from alertq.driver import get_breaker_driver
-from alertq.managed import ManagedAlerts
+from alertq.managed import ManagedAlerts, OwnedByAlertq
 from alertq.models import CostSimAlertQueueModel
 from tests.support.clock import FakeClock
 
@@ -44,5 +45,6 @@ async def test_trip_fires_a_managed_alert_with_the_breaker_labels_and_reset_reso
         ("disable", state.incident_id),
         ("enable", state.incident_id),
     ]
-    # Resolving it through the managed API too is a no-op: it is not firing.
-    assert (await alerts.resolve(labels)).detail == "not firing"
+    # The managed API leaves a breaker's alert to the breaker (red-team pass 4).
+    with pytest.raises(OwnedByAlertq, match="circuit breaker's"):
+        await alerts.resolve(labels)

@@ -62,7 +62,7 @@ async def relay(settings: Settings) -> AsyncIterator[Relay]:
     app = create_app(OpsContext(settings, factory))
     transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 5000))
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://relay") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             r = Relay(client, engine, factory)
 
             def wake() -> None:

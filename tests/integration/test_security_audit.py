@@ -45,7 +45,7 @@ async def serve(
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(OpsContext(settings, factory))
     transport = httpx.ASGITransport(app=app, client=(peer, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
 
 

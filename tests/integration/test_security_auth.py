@@ -54,7 +54,7 @@ def env_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
 @asynccontextmanager
 async def serve(settings: Settings, factory: Factory) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(OpsContext(settings, factory)))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
 
 

@@ -36,7 +36,7 @@ async def test_an_overlong_path_or_query_is_414_not_a_crash(
     )
     app = create_app(OpsContext(settings, session_factory))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
     ) as client:
         for url in (
             "/api/alerts/" + "9" * 60_000,
@@ -71,7 +71,7 @@ async def test_a_route_added_later_gets_the_same_front_door(
 
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
     ) as client:
         unauth = await client.post("/api/v2/later", content=b"{not json")
         assert unauth.status_code == 401, unauth.text
@@ -112,3 +112,23 @@ async def test_every_answer_carries_the_security_headers_and_the_page_its_csp(
     csp = answers["page"].headers["content-security-policy"]
     assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
     assert "content-security-policy" not in answers["json"].headers
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_rebound_host_name_gets_400_before_any_route(
+    db_url: str, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    # Red-team pass 4: with Host: attacker.example (a name rebound to 127.0.0.1 by a web
+    # page the operator opened), the default server read out the queue and stored alerts.
+    async with serve(api_settings(db_url), session_factory) as (client, _):
+        rebound = {"Host": "attacker.example:8787"}
+        for answer in (
+            await client.get("/api/alerts", headers=rebound),
+            await client.post(
+                "/api/v2/alerts", json=[{"labels": {"alertname": "X"}}], **{"headers": rebound}
+            ),
+        ):
+            assert answer.status_code == 400, answer.text
+            assert "ALERTQ_ALLOWED_HOSTS" in answer.json()["detail"]
+        assert (await client.get("/api/alerts")).status_code == 200  # Host: 127.0.0.1
+        assert (await client.get("/api/alerts")).json()["items"] == []  # nothing was stored

@@ -38,7 +38,7 @@ async def many_breakers(db_url: str, session_factory: Factory) -> Settings:
 @asynccontextmanager
 async def serve(settings: Settings, factory: Factory) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(OpsContext(settings, factory)))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
 
 

@@ -68,7 +68,7 @@ async def deliver_once(settings: Settings, factory: Factory) -> None:
 async def page_of(context: OpsContext) -> AsyncIterator[str]:
     """The status page's HTML, as the app serves it."""
     transport = httpx.ASGITransport(app=create_app(context))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         response = await client.get("/")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/html")
