@@ -9,6 +9,7 @@ it: a child ``alertq`` process against a real database.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -134,6 +135,18 @@ async def test_a_refused_database_is_one_line_with_the_url_and_exit_1(
     assert "cannot reach the database" in line and "127.0.0.1:" in line, line
     assert "alertq:***@" in line, line
     assert PASSWORD not in result.stderr + result.stdout
+
+
+async def test_an_unopenable_sqlite_file_is_one_line_every_time(tmp_path: Path) -> None:
+    # Red-team pass 4: one run in four also printed aiosqlite's worker-thread traceback
+    # ("Event loop is closed") after the one line. Twelve at once: all one line.
+    env = alertq_env(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'q.db'}")
+    results = await asyncio.gather(
+        *(run_alertq_async(["stats"], env, cwd=tmp_path) for _ in range(12))
+    )
+    for result in results:
+        assert result.returncode == 1, result.describe()
+        assert "unable to open database file" in one_line(result), result.describe()
 
 
 async def test_debug_shows_the_traceback_of_a_refused_database(tmp_path: Path) -> None:
