@@ -62,6 +62,9 @@ def _load_tls(setting: str, load: Callable[[], object]) -> None:
 _HOST_NAME = re.compile(r"\*|[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 
+_RUNBOOK_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f\"'<>\\`]+", re.IGNORECASE)
+
+
 class UnsafeConfigFile(ValueError):
     """The TOML file is one another user could have written: its settings (the database
     URL, the Alertmanager URLs and their credentials) are not to be trusted."""
@@ -297,6 +300,18 @@ class Settings(BaseSettings):
     @classmethod
     def _check_generator_url(cls, value: str | None) -> str | None:
         return None if value is None else check_generator_url(value)
+
+    # Red-team pass 4: javascript:alert(1) was accepted, and every breaker alert carried it
+    # into the notifications built from it (a link in Slack, e-mail, the Alertmanager UI).
+    @field_validator("runbook_url")
+    @classmethod
+    def _check_runbook_url(cls, value: str) -> str:
+        if not _RUNBOOK_URL.fullmatch(value):
+            raise ValueError(
+                "must be an http(s) URL without spaces, quotes or angle brackets "
+                "(e.g. https://runbooks.example.com/alertq)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _lease_outlives_request(self) -> Settings:

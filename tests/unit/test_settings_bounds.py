@@ -139,6 +139,8 @@ def test_the_bounds_admit_the_defaults_and_each_bound_itself(
         ("ALERTQ_ALERTMANAGER_URLS", "http://a:9093,http://a:9093/", "listed twice"),
         ("ALERTQ_ALERTMANAGER_URLS", ",", "at least one Alertmanager URL"),
         ("ALERTQ_DATABASE_URL", "sqlite:///q.db", "use sqlite+aiosqlite://"),
+        ("ALERTQ_RUNBOOK_URL", "javascript:alert(1)", "must be an http(s) URL"),
+        ("ALERTQ_RUNBOOK_URL", 'https://a.b/"><script>', "must be an http(s) URL"),
         ("ALERTQ_DATABASE_URL", "postgresql+psycopg2://u@h/db", "use postgresql+asyncpg://"),
         ("ALERTQ_API_TOKEN", "tökén", "ALERTQ_API_TOKEN must be visible ASCII"),
         ("ALERTQ_INTAKE_BEARER_TOKEN", "a b", "ALERTQ_INTAKE_BEARER_TOKEN must be visible ASCII"),
