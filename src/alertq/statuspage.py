@@ -5,11 +5,12 @@ rows, all read from an :class:`~alertq.opsview.OpsContext`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
-from typing import NamedTuple
+from typing import Any, NamedTuple
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.exc import SQLAlchemyError
@@ -170,9 +171,17 @@ async def _read_lists(context: OpsContext) -> _Lists:
             )
         ),
         list(await ops.intake_sources(context.session_factory)),
-        list(await service.list_alerts(limit=MANAGED_SHOWN)),
-        list(await service.list_heartbeats(limit=MANAGED_SHOWN)),
+        # One more than shown: whether to say there are more (red-team pass 4).
+        list(await service.list_alerts(limit=MANAGED_SHOWN + 1)),
+        list(await service.list_heartbeats(limit=MANAGED_SHOWN + 1)),
     )
+
+
+def _next_page(items: list[Any], path: str, key: Callable[[Any], str]) -> str | None:
+    """The API page after the shown ones, if the list has more than ``MANAGED_SHOWN``."""
+    if len(items) <= MANAGED_SHOWN:
+        return None
+    return f"{path}?after={quote(key(items[MANAGED_SHOWN - 1]), safe='')}"
 
 
 async def render_status_page(context: OpsContext) -> str:
@@ -247,6 +256,8 @@ async def render_status_page(context: OpsContext) -> str:
         chart_w=int(CHART_W),
         chart_h=int(CHART_H),
         token_configured=context.settings.mutations_enabled,
+        managed_more=_next_page(managed_alerts, "/api/managed", lambda m: m.fingerprint),
+        heartbeats_more=_next_page(heartbeats, "/api/heartbeats", lambda h: h.name),
         managed=[
             {
                 "alertname": m.labels.get("alertname", ""),
@@ -258,7 +269,7 @@ async def render_status_page(context: OpsContext) -> str:
                 if m.state == "firing" and m.expires_at is not None
                 else "",
             }
-            for m in managed_alerts
+            for m in managed_alerts[:MANAGED_SHOWN]
         ],
         heartbeats=[
             {
@@ -267,7 +278,7 @@ async def render_status_page(context: OpsContext) -> str:
                 "last_ping": _ago(h.last_ping_at, now),
                 "deadline": _until(h.deadline, now) if h.deadline > now else "passed",
             }
-            for h in heartbeats
+            for h in heartbeats[:MANAGED_SHOWN]
         ],
         ago=lambda when: _ago(when, now),
     )

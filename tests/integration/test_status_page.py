@@ -13,9 +13,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from alertq import statuspage
 from alertq.api import create_app
 from alertq.breaker import CircuitBreaker
 from alertq.config import Settings
@@ -23,6 +25,7 @@ from alertq.db import transaction
 from alertq.delivery import AlertmanagerClient
 from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
+from alertq.managed import ManagedAlerts
 from alertq.opsview import OpsContext
 from tests.support import free_port
 from tests.support.clock import FakeClock
@@ -181,3 +184,24 @@ async def test_page_views_within_the_cache_age_send_the_database_nothing(
         assert statements
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_past_the_shown_managed_alerts_and_heartbeats_the_page_links_the_rest(
+    db_url: str, session_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Red-team pass 4: with 61 managed alerts the header said "· 50" and nothing more.
+    monkeypatch.setattr(statuspage, "MANAGED_SHOWN", 3)
+    settings = page_settings(db_url, "http://127.0.0.1:9")
+    alerts = ManagedAlerts(settings, session_factory)
+    for i in range(4):
+        await alerts.fire({"alertname": "Disk", "host": f"h{i}"})
+        await alerts.heartbeat(f"job{i}", 3600)
+    shown = [v.fingerprint for v in await alerts.list_alerts(limit=3)]
+    async with page_of(OpsContext(settings, session_factory)) as html:
+        managed = html[html.index('aria-label="managed alerts"') : html.index('id="heartbeats"')]
+        assert "· 3+" in managed and managed.count("<tr>") == 1 + 3
+        assert f'href="/api/managed?after={shown[-1]}"' in managed
+        assert 'href="/api/heartbeats?after=job2"' in html[html.index('id="heartbeats"') :]
+    monkeypatch.setattr(statuspage, "MANAGED_SHOWN", 4)
+    async with page_of(OpsContext(settings, session_factory)) as html:
+        assert "· 4+" not in html and 'id="managed-more"' not in html
