@@ -235,9 +235,11 @@ def split_http_url(url: str, what: str = "Alertmanager URL") -> tuple[str, str |
         parts.port  # noqa: B018 (a number from 0 to 65535, or ValueError)
     except ValueError:
         raise ValueError(f"{what} has no valid port: {shown!r}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{what} must start with http:// or https://: {shown!r}")
     userinfo, _, hostport = parts.netloc.rpartition("@")
     key = urlunsplit((parts.scheme.lower(), hostport, parts.path.rstrip("/"), "", ""))
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    if not parts.hostname:
         raise ValueError(f"{what} must be http(s)://host[:port][/path]: {shown!r}")
     if parts.query or parts.fragment:
         raise ValueError(f"{what} must not have a query or fragment: {key!r}")

@@ -39,7 +39,7 @@ def _stall_a_body(port: int) -> socket.socket:
     """A connection that sent headers and 64 KiB of a 4 MB body, then stops sending."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     head = (
-        "POST /api/v2/alerts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "POST /api/v2/alerts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         "Content-Length: 4000000\r\n\r\n"
     )
     sock.sendall(head.encode() + b"[" + b" " * 65536)
@@ -123,7 +123,7 @@ async def test_connections_that_never_finish_their_headers_are_closed(
         await until_ready(server, url)
         silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
         partial = socket.create_connection(("127.0.0.1", port), timeout=10)
-        partial.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n")
+        partial.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         try:
             async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
 
@@ -158,7 +158,7 @@ def _unread_body(port: int, path: str) -> tuple[socket.socket, bytes]:
     body: 401 from the intake, 404), then one byte of the body."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         "Content-Length: 1000\r\n\r\n".encode()
     )
     answer = sock.recv(4096)
