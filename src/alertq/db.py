@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -157,6 +157,36 @@ class DatabaseOutage:
             f"cannot reach the database at {self.url} (for {self.down_for():.0f}s): "
             f"{self.last_error}"
         )
+
+
+async def repeat(
+    step: Callable[[], Awaitable[float | None]],
+    every: float,
+    done: asyncio.Event,
+    outage: DatabaseOutage,
+    log: logging.Logger,
+    what: str,
+) -> None:
+    """Run ``step`` every ``every`` seconds until ``done`` is set (a maintenance service's
+    loop). ``step`` may return a shorter wait. A database error is reported once per outage
+    and retried with its backoff; any other error is logged with its traceback and retried
+    after ``every``."""
+    while not done.is_set():
+        wait = every
+        try:
+            sooner = await step()
+        except Exception as exc:
+            if not is_database_error(exc):
+                log.exception("%s failed; retrying in %.1fs", what, every)
+            else:
+                outage.failed(exc)
+                wait = outage.backoff(every)
+        else:
+            outage.recovered()
+            if sooner is not None:
+                wait = sooner
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), wait)
 
 
 def _sqlite_pragmas(busy_timeout_ms: int) -> Any:

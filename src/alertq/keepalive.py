@@ -11,7 +11,6 @@ claim, per-fingerprint ordering and fencing as any row.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq import metrics
 from alertq.config import Settings
-from alertq.db import DatabaseOutage, is_database_error
+from alertq.db import DatabaseOutage, repeat
 from alertq.managed import ManagedKeepalive, keepalive_tick
 from alertq.models import Clock, utcnow
 
@@ -72,21 +71,12 @@ class KeepaliveService:
 
     async def run(self, done: asyncio.Event) -> None:
         """Run :meth:`run_once` every :func:`keepalive_tick` until ``done`` is set."""
+
+        async def step() -> None:
+            await self.run_once()
+
         tick = keepalive_tick(self.settings.resend_interval)
-        while not done.is_set():
-            wait = tick
-            try:
-                await self.run_once()
-            except Exception as exc:
-                if not is_database_error(exc):
-                    log.exception("keep-alive pass failed; retrying in %.1fs", tick)
-                else:
-                    self.outage.failed(exc)
-                    wait = self.outage.backoff(tick)
-            else:
-                self.outage.recovered()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), wait)
+        await repeat(step, tick, done, self.outage, log, "keep-alive pass")
 
 
 __all__ = [

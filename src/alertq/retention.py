@@ -19,7 +19,6 @@ loop runs a pass every ``INTERVAL`` seconds, and at once again after a full one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 
@@ -27,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq import metrics
 from alertq.config import Settings
-from alertq.db import DatabaseOutage, is_database_error
+from alertq.db import DatabaseOutage, repeat
 from alertq.driver import PURGE_BATCH
 from alertq.limits import PURGEABLE_STATUSES
 from alertq.models import Clock, utcnow
@@ -86,21 +85,11 @@ class RetentionService:
         that deleted a full ``MAX_BATCHES`` is followed by the next one at once."""
         if not self.enabled:
             return
-        while not done.is_set():
-            wait = INTERVAL
-            try:
-                if await self.run_once() >= MAX_BATCHES * self.batch_size:
-                    wait = 0.0
-            except Exception as exc:
-                if not is_database_error(exc):
-                    log.exception("retention pass failed; retrying in %.0fs", INTERVAL)
-                else:
-                    self.outage.failed(exc)
-                    wait = self.outage.backoff(INTERVAL)
-            else:
-                self.outage.recovered()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), wait)
+
+        async def step() -> float | None:
+            return 0.0 if await self.run_once() >= MAX_BATCHES * self.batch_size else None
+
+        await repeat(step, INTERVAL, done, self.outage, log, "retention pass")
 
 
 __all__ = ["INTERVAL", "MAX_BATCHES", "RetentionService"]
