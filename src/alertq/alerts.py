@@ -468,6 +468,10 @@ def validate_payload(payload: object, *, now: datetime | None = None) -> list[di
 # ---------------------------------------------------------------------------- fingerprints
 
 
+FINGERPRINT_PATTERN = "^[0-9a-f]{16}$"
+""":func:`label_fingerprint`'s format (a cursor in a list, a path in the API)."""
+
+
 def label_fingerprint(labels: Mapping[str, str]) -> str:
     """Alertmanager's fingerprint of a label set, as its API v2 ``fingerprint`` shows it.
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from alertq import limits
-from alertq.alerts import InvalidAlertPayload
+from alertq.alerts import FINGERPRINT_PATTERN, InvalidAlertPayload
 from alertq.config import parse_duration
 from alertq.managed import (
     HeartbeatView,
@@ -33,7 +33,6 @@ log = logging.getLogger("alertq.api")
 
 MAX_PAIRS = 64
 HEARTBEAT_NAME_PATTERN = limits.NAME_PATTERN  # the service checks the same (managed.py)
-FINGERPRINT_PATTERN = "^[0-9a-f]{16}$"  # alerts.label_fingerprint's format
 NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,199}$"
 # The schema states every rule the service checks, and pydantic enforces exactly it (so
 # clients and schemathesis know them); the service still checks them all itself.

@@ -141,13 +141,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 def target_key(url: str) -> str:
     """The credential-free key of an Alertmanager URL (no userinfo, no trailing ``/``)."""
-    return _split_url(url)[0]
-
-
-def _split_url(url: str) -> tuple[str, str | None, str | None]:
-    """Split ``url`` into (key, username, password); ValueError without echoing secrets
-    (the same rule the settings check at start-up)."""
-    return split_http_url(url)
+    return split_http_url(url)[0]
 
 
 def _redirect_target(location: str) -> str:
@@ -228,7 +222,7 @@ class AlertmanagerClient:
         self._auth_kind = (
             "bearer" if bearer_token is not None else "basic" if username is not None else None
         )
-        parsed = [_split_url(url) for url in urls]  # validate all before opening any client
+        parsed = [split_http_url(url) for url in urls]  # validate all before opening any client
         keys = [key for key, _, _ in parsed]
         if len(set(keys)) != len(keys):
             raise ValueError(f"duplicate Alertmanager URL in {keys!r}")

@@ -195,8 +195,10 @@ class AlertWorker:
         loops_done = asyncio.Event()
         keepalive = asyncio.create_task(self.keepalive.run(loops_done), name="alertq-keepalive")
         # Not while draining: a drain delivers what is queued and exits.
-        retention = asyncio.create_task(
-            _nothing() if drain else self.retention.run(loops_done), name="alertq-retention"
+        retention = (
+            None
+            if drain
+            else asyncio.create_task(self.retention.run(loops_done), name="alertq-retention")
         )
         try:
             loops = [
@@ -214,7 +216,8 @@ class AlertWorker:
             loops_done.set()
             unsubscribe()
             await keepalive
-            await retention
+            if retention is not None:
+                await retention
             await listener.stop()
 
     async def run_once(self, client: AlertmanagerClient) -> int:
@@ -661,7 +664,3 @@ def _id_ranges(ids: Sequence[int]) -> str:
 
 
 __all__ = ["AlertWorker", "ClientFactory", "WorkerStats"]
-
-
-async def _nothing() -> None:
-    return None

@@ -27,6 +27,7 @@ bounds them in time and size.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import secrets
@@ -263,6 +264,12 @@ def _is_loopback(name: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=8)
+def _bound_to_loopback(http_addr: str) -> bool:
+    """Whether ``ALERTQ_HTTP_ADDR`` listens on loopback only (read once per value)."""
+    return _is_loopback(_host_name(http_addr) or "0.0.0.0")
+
+
 def host_allowed(settings: Settings, host_header: str | None) -> bool:
     """Whether to answer a request with this ``Host`` (DNS rebinding: a web page whose
     name resolves to 127.0.0.1 could otherwise read the ops API and post alerts to a
@@ -271,8 +278,7 @@ def host_allowed(settings: Settings, host_header: str | None) -> bool:
     allowed = settings.allowed_hosts
     if host_header is None or "*" in allowed:
         return True
-    bind = _host_name(settings.http_addr) or "0.0.0.0"
-    if not allowed and not _is_loopback(bind):
+    if not allowed and not _bound_to_loopback(settings.http_addr):
         return True  # on a network address, reached by names alertq cannot know
     name = _host_name(host_header)
     return _is_loopback(name) or name in allowed

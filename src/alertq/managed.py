@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from alertq import metrics
 from alertq.alerts import (
     BREAKER_ALERTNAME,
+    FINGERPRINT_PATTERN,
     KEEPALIVE_FACTOR,
     InvalidAlertPayload,
     label_fingerprint,
@@ -405,7 +406,7 @@ class ManagedAlerts(_Service):
         if state is not None and state not in {s.value for s in ManagedState}:
             raise ValueError(f"state must be firing or resolved (got {state!r})")
         limit = max(1, min(limit, 10_000))
-        if after is not None and not _FINGERPRINT.fullmatch(str(after)):
+        if after is not None and not re.fullmatch(FINGERPRINT_PATTERN, str(after)):
             raise ValueError("after: not a fingerprint (16 hex digits)")
         async with transaction(self.session_factory) as s:
             driver = ManagedDriver(s)
@@ -452,7 +453,6 @@ class UnknownCursor(ValueError):
     """A list's ``after`` names no row (it was deleted since the last page)."""
 
 
-_FINGERPRINT = re.compile("[0-9a-f]{16}")
 _UNKNOWN_CURSOR = "after: no {} (gone since the last page?); list again without after"
 
 

@@ -130,19 +130,12 @@ class ManagedDriver:
         )
         if state is not None:
             stmt = stmt.where(M.state == state)
-        if after is not None:
+        if after is not None:  # joined to the cursor's row: one lookup, none if unknown
             c = aliased(M)
-            at = c.fingerprint == after
-            c_rank = select(case((c.state == ManagedState.FIRING.value, 0), else_=1))
-            c_starts, c_id = select(c.starts_at), select(c.id)
-            r0 = c_rank.where(at).scalar_subquery()
-            s0 = c_starts.where(at).scalar_subquery()
-            i0 = c_id.where(at).scalar_subquery()
-            stmt = stmt.where(
-                or_(
-                    rank > r0,
-                    and_(rank == r0, or_(M.starts_at < s0, and_(M.starts_at == s0, M.id < i0))),
-                )
+            c_rank = case((c.state == ManagedState.FIRING.value, 0), else_=1)
+            older = or_(M.starts_at < c.starts_at, and_(M.starts_at == c.starts_at, M.id < c.id))
+            stmt = stmt.join(c, c.fingerprint == after).where(
+                or_(rank > c_rank, and_(rank == c_rank, older))
             )
         return list((await self.session.scalars(stmt)).all())
 
@@ -279,14 +272,12 @@ class ManagedDriver:
         stmt = (
             select(H).order_by(rank, H.name).limit(limit).execution_options(populate_existing=True)
         )
-        if after is not None:
+        if after is not None:  # joined to the cursor's row: none if unknown
             c = aliased(H)
-            r0 = (
-                select(case((c.state == HeartbeatState.MISSING.value, 0), else_=1))
-                .where(c.name == after)
-                .scalar_subquery()
+            c_rank = case((c.state == HeartbeatState.MISSING.value, 0), else_=1)
+            stmt = stmt.join(c, c.name == after).where(
+                or_(rank > c_rank, and_(rank == c_rank, H.name > c.name))
             )
-            stmt = stmt.where(or_(rank > r0, and_(rank == r0, H.name > after)))
         return list((await self.session.scalars(stmt)).all())
 
 
