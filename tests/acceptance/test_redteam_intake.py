@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 
 from tests.acceptance.test_cli_hardening import alertq
-from tests.acceptance.test_relay_run import until_ready
 from tests.support import free_port
-from tests.support.processes import alertq_env, start_alertq, wait_until
+from tests.support.processes import alertq_env, start_alertq, until_ready, wait_until
 
 
 async def test_bidi_and_line_separators_in_a_reason_are_shown_escaped_by_the_cli(

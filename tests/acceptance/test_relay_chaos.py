@@ -20,7 +20,6 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.acceptance.test_relay_run import until_ready
 from tests.support import free_port
 from tests.support.alertmanager import AlertmanagerProcess
 from tests.support.pgcluster import PostgresCluster, PostgresNotFound
@@ -29,6 +28,7 @@ from tests.support.processes import (
     alertq_env,
     run_alertq_async,
     start_alertq,
+    until_ready,
     wait_until,
 )
 

@@ -20,10 +20,10 @@ import pytest
 from tests.support import free_port
 from tests.support.alertmanager import AlertmanagerProcess
 from tests.support.processes import (
-    AlertqProcess,
     alertq_env,
     run_alertq_async,
     start_alertq,
+    until_ready,
     wait_until,
 )
 
@@ -34,18 +34,6 @@ def amtool(*args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which(AMTOOL) is None:
         pytest.fail("amtool is not installed (Debian package prometheus-alertmanager)")
     return subprocess.run([AMTOOL, *args], capture_output=True, text=True, timeout=30)
-
-
-async def until_ready(server: AlertqProcess, url: str, **client_options: object) -> None:
-    async def ready() -> bool:
-        assert server.running, server.describe()
-        try:
-            async with httpx.AsyncClient(trust_env=False, **client_options) as client:  # type: ignore[arg-type]
-                return (await client.get(f"{url}/-/ready")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await wait_until(ready, within=30, message=server.describe)
 
 
 async def until_listed(am: AlertmanagerProcess, matcher: str, within: float = 20) -> list[dict]:

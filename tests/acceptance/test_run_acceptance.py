@@ -32,10 +32,10 @@ from alertq.runner import Collector
 from tests.support import free_port
 from tests.support.alertmanager import AlertmanagerProcess
 from tests.support.processes import (
-    AlertqProcess,
     alertq_env,
     run_alertq_async,
     start_alertq,
+    until_ready,
     wait_until,
 )
 from tests.support.stub import StubAlertmanager
@@ -72,17 +72,6 @@ def ops_client(port: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10)
 
 
-async def until_serving(server: AlertqProcess, client: httpx.AsyncClient) -> None:
-    async def serving() -> bool:
-        assert server.running, server.describe()
-        try:
-            return (await client.get("/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await wait_until(serving, within=30, message=server.describe)
-
-
 @SQLITE_ONLY
 async def test_run_serves_metrics_breakers_and_readiness_that_follows_alertmanager(
     db_url: str,
@@ -106,7 +95,7 @@ async def test_run_serves_metrics_breakers_and_readiness_that_follows_alertmanag
     )
     with start_alertq(["run"], env, cwd=tmp_path) as server:
         async with ops_client(port) as client:
-            await until_serving(server, client)
+            await until_ready(server, str(client.base_url).rstrip("/"), "/healthz")
             # The newcomer's terminal: where the page is and where alerts go.
             assert f"http://127.0.0.1:{port}/" in server.stdout
             assert am.url in server.stdout
@@ -208,7 +197,7 @@ async def test_logs_of_a_run_hold_no_credentials(
         )
         with start_alertq(["run"], env, cwd=tmp_path) as server:
             async with ops_client(port) as client:
-                await until_serving(server, client)
+                await until_ready(server, str(client.base_url).rstrip("/"), "/healthz")
                 async with transaction(session_factory) as s:
                     for i in range(3):
                         labels = {"alertname": f"Secretive{i}"}
@@ -268,7 +257,7 @@ async def test_sigterm_lets_the_in_flight_delivery_finish_and_be_recorded(
         env = alertq_env(db_url, stub.url, http_addr=f"127.0.0.1:{port}", poll_interval=0.1)
         with start_alertq(["run"], env, cwd=tmp_path) as server:
             async with ops_client(port) as client:
-                await until_serving(server, client)
+                await until_ready(server, str(client.base_url).rstrip("/"), "/healthz")
             async with transaction(session_factory) as s:
                 row = await enqueue_alert(s, [{"labels": {"alertname": "InFlight"}}], "disable")
             await wait_until(lambda: stub.requests >= 1, within=30, message=server.describe)

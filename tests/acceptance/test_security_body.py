@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.test_security_body import TOKEN
 from tests.support import free_port
-from tests.support.processes import AlertqProcess, alertq_env, start_alertq, wait_until
+from tests.support.processes import alertq_env, start_alertq, until_ready
 from tests.unit.test_security_body import MIB
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -86,19 +86,6 @@ async def post_raw(
             await writer.wait_closed()
 
 
-async def until_serving(server: AlertqProcess, port: int) -> None:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False) as c:
-
-        async def serving() -> bool:
-            assert server.running, server.describe()
-            try:
-                return (await c.get("/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(serving, within=30, message=server.describe)
-
-
 @SQLITE_ONLY
 async def test_eight_40_mib_unauthenticated_bodies_are_refused_without_buffering(
     db_url: str, tmp_path: Path
@@ -111,7 +98,7 @@ async def test_eight_40_mib_unauthenticated_bodies_are_refused_without_buffering
         api_token=TOKEN,
     )
     with start_alertq(["run"], env, cwd=tmp_path) as server:
-        await until_serving(server, port)
+        await until_ready(server, f"http://127.0.0.1:{port}", "/healthz")
         # One refusal first, so whatever is allocated once is in the baseline. Headers only:
         # with a body still streaming, the reset may overtake the 401 (CI saw it do so).
         assert await post_raw(port, "/api/alerts/purge", MIB, send=0) == 401
@@ -169,7 +156,7 @@ async def test_an_authenticated_body_over_the_limit_is_413_chunked_or_not(
         max_request_bytes=MIB,
     )
     with start_alertq(["run"], env, cwd=tmp_path) as server:
-        await until_serving(server, port)
+        await until_ready(server, f"http://127.0.0.1:{port}", "/healthz")
         start = rss_bytes(server.pid)
         for path in ("/api/alerts/purge", "/api/breakers/x/trip", "/api/nonexistent", "/"):
             # Declared too large: refused on the headers alone.

@@ -237,3 +237,21 @@ async def wait_until(
             text = message() if callable(message) else message
             raise AssertionError(f"after {within}s: {text}")
         await asyncio.sleep(interval)  # the polling interval, not a synchronisation
+
+
+async def until_ready(
+    server: AlertqProcess, url: str, path: str = "/-/ready", **client_options: object
+) -> None:
+    """Poll ``url + path`` until it answers 200; fail at once if ``server`` exits, after
+    30 s otherwise."""
+    import httpx  # only the tests that start a server need it
+
+    async def ready() -> bool:
+        assert server.running, server.describe()
+        try:
+            async with httpx.AsyncClient(trust_env=False, **client_options) as client:  # type: ignore[arg-type]
+                return (await client.get(f"{url}{path}")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await wait_until(ready, within=30, message=server.describe)
