@@ -19,6 +19,12 @@ While a loop has work, the record's transaction also claims the next batch (step
 next cycle), so a busy loop commits once per batch, not twice. A loop told to stop claims
 nothing more and hands back a batch it claimed but will not deliver (``alerts_release``).
 
+An idle worker waits for a wake-up (NOTIFY, the SQLite change watch, a producer of its own
+process). Only one loop, the lookout, also looks every ``poll_interval`` for what nothing
+announces (a retry coming due, a lease running out), and that look is one read; the other
+loops wait to be woken. On PostgreSQL a loop that claims a full batch (a backlog) wakes
+them; on SQLite its commits do, through the change watch.
+
 A worker killed between 1 and 3 leaves leased rows that become due when the lease runs
 out; the next claim takes them back.
 """
@@ -51,7 +57,13 @@ from alertq.db import (
     transaction,
 )
 from alertq.delivery import AlertmanagerClient, ErrorClass, TargetResult
-from alertq.driver import SUPERSEDED_REASON, ClaimedAlert, Outcome, get_queue_driver
+from alertq.driver import (
+    SUPERSEDED_REASON,
+    ClaimedAlert,
+    Outcome,
+    QueueCounts,
+    get_queue_driver,
+)
 from alertq.hooks import Recorded, RecordHook
 from alertq.keepalive import KeepaliveService
 from alertq.models import AlertStatus, Clock, utcnow
@@ -86,6 +98,8 @@ class ClientFactory(Protocol):
 class WorkerStats:
     """Counters of one worker, for tests, benchmarks and the status page."""
 
+    claims: int = 0
+    """Claim statements committed, empty ones included."""
     claimed: int = 0
     sent: int = 0
     retried: int = 0
@@ -97,6 +111,8 @@ class WorkerStats:
     keepalives: int = 0
     idle_waits: int = 0
     """How often a loop found nothing to do and went to wait (for a wake-up or a poll)."""
+    idle_looks: int = 0
+    """How often the lookout's wait ran out and it read the queue's counts instead of claiming."""
     left_to_cycling_loop: int = 0
     """How often an idle loop went back to wait, leaving new rows to a loop in a cycle."""
     last_error_by_target: dict[str, str] = field(default_factory=dict)
@@ -141,6 +157,10 @@ class AlertWorker:
         # cycle, whose next claim takes them, instead of contending with it for the lock
         # with a claim of its own (unless that loop's last claim was full: a backlog).
         self._one_claimer = settings.is_sqlite and self.loops > 1
+        # A full claim wakes the loops waiting for a wake-up, except on SQLite: there the
+        # claimer's commits wake them through the change watch, and waking them at every
+        # full claim too cost 9% of a drain's rate (docs/benchmarks.md, section 3).
+        self._wake_on_backlog = self.loops > 1 and not settings.is_sqlite
         self._cycling = 0
         self._full = False
         self._left = 0
@@ -248,6 +268,7 @@ class AlertWorker:
     def _claimed(self, batch: _Batch) -> None:
         """Counters of a committed claim."""
         metrics.CLAIMS.inc()
+        self.stats.claims += 1
         rows = batch.rows
         if not rows:
             return
@@ -290,6 +311,10 @@ class AlertWorker:
         # The batch the last record's transaction claimed: delivered next, with no claim
         # transaction of its own (one commit per cycle instead of two).
         carried: _Batch | None = None
+        # Loop 0 looks for unannounced work while idle; a drain needs every loop to look.
+        lookout = index == 0 or drain
+        # The last idle wait ran out with nothing waking the loop: read before claiming.
+        waited_out = False
 
         def claim_next() -> bool:
             return not stop.is_set()
@@ -303,15 +328,37 @@ class AlertWorker:
                     continue
                 delay: float | None = None
                 backoff: float | None = None
+                if waited_out and carried is None:
+                    # One read, not a claim and a read: the look finds nothing most times.
+                    waited_out = False
+                    try:
+                        counts = await self._counts()
+                    except Exception as exc:
+                        await self._sleep(stop, self._cycle_failed(exc, drain))
+                        continue
+                    self.stats.idle_looks += 1
+                    self.outage.recovered()
+                    if counts.due == 0:
+                        delay = self._delay_after(counts, drain)
+                        if delay is None:
+                            self._wake.set()
+                            return
+                        self.stats.idle_waits += 1
+                        waited_out = await self._wait(stop, delay, lookout)
+                        continue
                 self._cycling += 1
                 try:
                     batch = carried if carried is not None else await self._claim()
                     carried = None
                     if batch.rows:
                         self._full = len(batch.rows) >= self.settings.batch_size
+                        if self._full and self._wake_on_backlog:
+                            self._wake.set()  # a backlog: the loops waiting to be woken too
                         carried = await self._process(client, batch, claim_next)
-                    else:
+                    elif lookout:
                         delay = await self._idle_delay(drain)
+                    else:
+                        delay = self.settings.poll_interval  # unused: _wait waits for a wake
                 except Exception as exc:
                     carried = None  # rolled back with the record, or never claimed
                     backoff = self._cycle_failed(exc, drain)
@@ -328,7 +375,7 @@ class AlertWorker:
                     self._wake.set()  # a loop that left its work to this one: drained too
                     return
                 self.stats.idle_waits += 1
-                await self._sleep(stop, delay)
+                waited_out = await self._wait(stop, delay, lookout)
         finally:
             if carried is not None and carried.rows:
                 await self._release(carried)
@@ -345,14 +392,20 @@ class AlertWorker:
 
     async def _idle_delay(self, drain: bool) -> float | None:
         """How long to wait for work; None when draining and nothing is due or leased."""
-        now = self.clock()
+        return self._delay_after(await self._counts(), drain)
+
+    async def _counts(self) -> QueueCounts:
         async with read_transaction(self.session_factory) as session:
-            counts = await get_queue_driver(session).alerts_counts(now)
+            return await get_queue_driver(session).alerts_counts(self.clock())
+
+    def _delay_after(self, counts: QueueCounts, drain: bool) -> float | None:
+        """The wait ``counts`` call for: the poll interval, or less when a row comes due
+        sooner; None when draining and nothing is due or leased."""
         if drain and counts.due == 0 and counts.leased == 0:
             return None
         delay = self.settings.poll_interval
         if counts.next_due_at is not None:
-            delay = min(delay, max(0.0, (counts.next_due_at - now).total_seconds()))
+            delay = min(delay, max(0.0, (counts.next_due_at - self.clock()).total_seconds()))
         return delay
 
     def _cycle_failed(self, exc: Exception, drain: bool) -> float:
@@ -367,19 +420,26 @@ class AlertWorker:
             raise self.outage.error() from exc
         return self.outage.backoff(self.settings.poll_interval)
 
-    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        if seconds <= 0:
-            return
+    async def _wait(self, stop: asyncio.Event, delay: float, lookout: bool) -> bool:
+        """An idle loop's wait: ``delay`` for the lookout, until woken for the others.
+        Returns True when it ran out with nothing waking the loop."""
+        return await self._sleep(stop, delay if lookout else None)
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float | None) -> bool:
+        """Wait ``seconds`` (None: no limit) or until woken or stopped; True if it ran out."""
+        if seconds is not None and seconds <= 0:
+            return False
         stopper = asyncio.ensure_future(stop.wait())
         waker = asyncio.ensure_future(self._wake.wait())
         try:
-            await asyncio.wait(
+            done, _ = await asyncio.wait(
                 {stopper, waker}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             for task in (stopper, waker):
                 task.cancel()
             self._wake.clear()
+        return not done
 
     # -- deliver
 

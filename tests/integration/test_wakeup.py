@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -29,6 +29,7 @@ from alertq.db import create_engine, create_session_factory, read_transaction, t
 from alertq.driver import get_queue_driver
 from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
+from tests.support.clock import FakeClock
 from tests.support.stub import StubAlertmanager
 
 Factory = async_sessionmaker[AsyncSession]
@@ -59,9 +60,11 @@ async def until(condition: Callable[[], bool], what: str, deadline: float = DEAD
 
 
 @asynccontextmanager
-async def idle_worker(settings: Settings, factory: Factory) -> AsyncIterator[AlertWorker]:
+async def idle_worker(
+    settings: Settings, factory: Factory, **kw: Any
+) -> AsyncIterator[AlertWorker]:
     """A running worker that has found nothing to do and is waiting."""
-    worker = AlertWorker(settings, factory)
+    worker = AlertWorker(settings, factory, **kw)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -248,3 +251,63 @@ async def test_a_woken_idle_loop_leaves_new_rows_to_the_loop_in_a_cycle(
         await producer_engine.dispose()
     batches = [[a["labels"]["alertname"] for a in r or []] for r in stub.received]
     assert batches == [["First"], ["Second", "Third"]]
+
+
+async def test_only_the_lookout_loop_looks_while_idle_and_its_look_is_a_read(
+    db_url: str, stub: StubAlertmanager
+) -> None:
+    # Nothing wakes the worker (no enqueue, a 60 s change watch): what runs is the poll.
+    settings = Settings(
+        database_url=db_url,
+        alertmanager_urls=[stub.url],
+        poll_interval=0.02,
+        sqlite_wake_interval=POLL,
+        concurrency=3,
+    )
+    engine = create_engine(settings)
+    try:
+        async with idle_worker(settings, create_session_factory(engine)) as worker:
+            # Past the start (a claim per loop, and on SQLite a loop's turn left to another).
+            await until(lambda: worker.stats.idle_looks >= 10, "ten idle looks")
+            claims = worker.stats.claims
+            await until(lambda: worker.stats.idle_looks >= 40, "thirty more idle looks")
+            # The looks were reads, by one loop: no loop claimed meanwhile.
+            assert worker.stats.claims == claims
+    finally:
+        await engine.dispose()
+    assert stub.requests == 0
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_backlog_the_lookout_finds_wakes_the_other_loops(
+    db_url: str, stub: StubAlertmanager
+) -> None:
+    # Rows that come due by time alone (as retries do): only the lookout's look sees them.
+    # PostgreSQL: on SQLite the claimer's commits wake the others through the change watch.
+    settings = Settings(
+        database_url=db_url,
+        alertmanager_urls=[stub.url],
+        alertmanager_timeout=60,
+        lease_seconds=120,
+        poll_interval=0.02,
+        sqlite_wake_interval=POLL,
+        concurrency=3,
+    )
+    engine = create_engine(settings)
+    factory = create_session_factory(engine)
+    clock = FakeClock()
+    async with transaction(factory) as s:
+        for i in range(3 * settings.batch_size):
+            later = clock.now + timedelta(minutes=1)
+            await enqueue_alert(s, alert(f"Later{i}"), "disable", now=later)
+    stub.hang(60)  # every loop's POST stays in flight: three at once need three loops
+    try:
+        async with idle_worker(settings, factory, clock=clock) as worker:
+            # Past the start, when each loop claims and the listener's connection wakes them.
+            await until(lambda: worker.stats.idle_looks >= 5, "five idle looks")
+            clock.advance(61)
+            three = await stub.wait_for_requests_async(3, within=DEADLINE)
+            stub.stop()  # releases the hung POSTs, so the worker can stop
+            assert three, f"{stub.requests} POST(s) in flight, not 3"
+    finally:
+        await engine.dispose()
