@@ -13,12 +13,19 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alertq.alerts import InvalidAlertPayload, label_fingerprint, parse_payload, validate_payload
+from alertq.alerts import (
+    InvalidAlertPayload,
+    label_fingerprint,
+    parse_payload,
+    payload_fingerprint,
+    validate_payload,
+)
 from alertq.config import Settings
 from alertq.db import EnqueueListener, create_engine, create_session_factory, transaction
+from alertq.driver import get_queue_driver
 from alertq.enqueue import enqueue_alert
 from alertq.models import CostSimAlertQueueModel
 
@@ -352,3 +359,39 @@ async def test_notify_wakes_a_listener_only_when_the_enqueue_commits(
         await asyncio.wait_for(woken.wait(), 10)
     finally:
         await listener.stop()
+
+
+async def test_the_enqueue_stores_exactly_what_sqlalchemys_own_insert_stores(
+    session_factory: Factory,
+) -> None:
+    # SQLite's enqueue runs plain sqlite3 statements (one hand-off to aiosqlite's thread):
+    # every column must be stored as the ORM's insert stores it, and the row it returns
+    # must equal the row read back.
+    now = datetime(2026, 12, 2, 1, 2, 3, 456789, tzinfo=UTC)
+    payload = validate_payload(
+        [{"labels": {"alertname": "Same", "t": "ü'\"; --"}, "annotations": {"a": "b"}}], now=now
+    )
+    async with transaction(session_factory) as s:
+        fast = await enqueue_alert(s, payload, "disable", "cb", "inc", now=now, max_attempts=7)
+        fast_id = fast.id
+        returned = {c.key: getattr(fast, c.key) for c in Q.__table__.c}
+    async with transaction(session_factory) as s:
+        orm = await get_queue_driver(s).alerts_insert(
+            payload,
+            "disable",
+            "cb",
+            "inc",
+            fingerprint=payload_fingerprint(payload),
+            max_attempts=7,
+            now=now,
+        )
+        orm_id = orm.id
+    async with session_factory() as s:
+        stored = {
+            r[0]: tuple(r[1:])
+            for r in (await s.execute(text("SELECT * FROM costsim_alert_queue"))).all()
+        }
+        loaded = await s.get(Q, fast_id)
+        assert loaded is not None
+        assert {c.key: getattr(loaded, c.key) for c in Q.__table__.c} == returned
+    assert stored[fast_id] == stored[orm_id]
