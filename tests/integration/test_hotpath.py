@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from alertq import metrics
@@ -47,6 +48,29 @@ class StatementLog:
         ]
 
 
+class _LoggedSqlite:
+    """A sqlite3 connection whose own ``execute``/``executemany`` calls are logged: the
+    statements the driver runs on aiosqlite's thread, which SQLAlchemy never sees."""
+
+    def __init__(self, conn: Any, log: StatementLog) -> None:
+        object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_log", log)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self._log.add(sql)
+        return self._conn.execute(sql, *args)
+
+    def executemany(self, sql: str, *args: Any) -> Any:
+        self._log.add(sql)
+        return self._conn.executemany(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._conn, name, value)
+
+
 @pytest.fixture
 def statement_log(engine: AsyncEngine) -> Iterator[StatementLog]:
     log = StatementLog()
@@ -58,6 +82,8 @@ def statement_log(engine: AsyncEngine) -> Iterator[StatementLog]:
         raw = dbapi_conn.driver_connection
         if hasattr(raw, "add_query_logger"):  # asyncpg: the statements SQLAlchemy never sees
             raw.add_query_logger(lambda q: log.add(q.query))
+        else:  # aiosqlite: the same, run by the driver on the connection's own thread
+            raw._connection = _LoggedSqlite(raw._connection, log)
 
     event.listen(engine.sync_engine, "before_cursor_execute", on_sql)
     event.listen(engine.sync_engine, "connect", on_connect)
@@ -231,19 +257,22 @@ async def test_claimed_rows_carry_the_stored_payload_text_and_alert_count(
     assert row.delivered_to == []
 
 
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 async def test_statements_run_on_the_raw_connection_roll_back_with_the_session(
     db_url: str, session_factory: Factory
 ) -> None:
-    # The claim runs on asyncpg directly, under SQLAlchemy's session: it must be part of
-    # the session's transaction, or a rollback would leave rows leased.
+    # The claim and the enqueue run on asyncpg or sqlite3 directly, under SQLAlchemy's
+    # session: they must be part of the session's transaction, or a rollback would leave
+    # rows leased or enqueued.
     now = datetime.now(UTC)
     await enqueue_many(session_factory, 3, now=now)
     async with session_factory() as s:
         await s.begin()
         claimed = await get_queue_driver(s).alerts_claim(now, 5, now + timedelta(hours=1), 9, "w")
         assert len(claimed) == 3
+        await enqueue_alert(s, alert("RolledBack"), "disable", now=now)
         await s.rollback()
+    async with session_factory() as s:
+        assert await s.scalar(text("SELECT count(*) FROM costsim_alert_queue")) == 3
     async with session_factory() as s:
         leased = await s.scalar(
             text("SELECT count(*) FROM costsim_alert_queue WHERE lease_token = 9")
@@ -259,3 +288,25 @@ async def test_post_raw_sends_the_body_it_is_given(stub: StubAlertmanager) -> No
         [result] = await client.post_raw(body)
     assert result.ok
     assert stub.received_requests[0].raw == body
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_failing_sqlite_statement_run_by_the_driver_raises_sqlalchemys_class(
+    db_url: str, session_factory: Factory
+) -> None:
+    # The driver runs SQLite's hot statements with sqlite3 itself: a failure must still
+    # reach callers as SQLAlchemy's exception (what is_database_error and the API map),
+    # and never quote the payload.
+    async with transaction(session_factory) as s:
+        await s.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON costsim_alert_queue "
+                "BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
+            )
+        )
+    with pytest.raises(sa_exc.IntegrityError, match="refused by trigger") as caught:
+        async with transaction(session_factory) as s:
+            await enqueue_alert(s, alert("SecretPayloadText"), "disable")
+    assert "SecretPayloadText" not in str(caught.value)
+    async with session_factory() as s:
+        assert await s.scalar(text("SELECT count(*) FROM costsim_alert_queue")) == 0

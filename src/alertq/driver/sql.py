@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 from sqlalchemy import (
     BigInteger,
@@ -141,6 +141,14 @@ def _supersede_older_statement(*, one: bool = False) -> Any:
     )
 
 
+def _json_ids(name: str) -> Any:
+    """The ids in the JSON array bound as ``name``: one parameter for any number of ids,
+    so the statement is compiled once (SQLite's ``json_each``)."""
+    return select(literal_column("value")).select_from(
+        func.json_each(bindparam(name, type_=Text()))
+    )
+
+
 def _sqlite_claim_statements() -> tuple[Any, Any]:
     """SQLite's claim: the candidate SELECT and its leasing UPDATE, with bound parameters.
 
@@ -196,7 +204,7 @@ def _sqlite_claim_statements() -> tuple[Any, Any]:
     )
     stmt = (
         update(Q)
-        .where(Q.id.in_(bindparam("c_ids", expanding=True)))
+        .where(Q.id.in_(_json_ids("c_ids")))
         .values(**lease)
         .returning(*columns)
         .execution_options(synchronize_session=False)
@@ -410,7 +418,7 @@ _RECORD_SQLITE = _sqlite_record_statement()
 _RECORD_SQLITE_FENCE = (
     select(Q.id)
     .where(
-        Q.id.in_(bindparam("r_ids", expanding=True)),
+        Q.id.in_(_json_ids("r_ids")),
         Q.lease_token == bindparam("r_token", type_=BigInteger()),
         Q.status == PENDING,
     )
@@ -594,36 +602,87 @@ class PostgresDialect(Dialect):
         return _REARM_PG, {"ids": ids, "payloads": payloads, "now": now}
 
 
-# SQLite's enqueue. SQLAlchemy's aiosqlite adapter hands each statement to aiosqlite's
+# SQLite's hot path. SQLAlchemy's aiosqlite adapter hands each statement to aiosqlite's
 # thread four times (cursor, execute, fetch, close); each hand-off costs 0.1-0.2 ms of CPU
-# on the machines measured, and an enqueue transaction made ten (3.6 ms of CPU; a producer
-# topped out near 100 alerts/s beside a worker, docs/benchmarks.md section 3). Its two
-# statements now run on that thread in one hand-off, as plain sqlite3 calls inside the
-# session's transaction, with parameters converted by the columns' own SQLAlchemy types.
+# on the machines measured. An enqueue transaction made ten (3.6 ms of CPU; a producer
+# topped out near 100 alerts/s beside a worker, docs/benchmarks.md section 3), and a
+# worker's claim and record eight each, with SQLite's one write lock held. So the enqueue,
+# the claim and the record each run in one hand-off, as plain sqlite3 calls inside the
+# session's transaction, on statements SQLAlchemy compiles once, with parameters and
+# results converted by the columns' own SQLAlchemy types.
 
 _SQLITE = sqlite_dialect.aiosqlite.dialect()
-"""The dialect the engine uses, for compiling and converting parameters only."""
+"""The dialect the engine uses, for compiling and converting values only."""
+
+_UNSET = object()
+_T = TypeVar("_T")
 
 
 class SqliteStatement:
-    """A statement compiled once for SQLite: its SQL and its parameters' converters."""
+    """A statement compiled once for SQLite, run with sqlite3 on aiosqlite's thread."""
 
     def __init__(self, stmt: Any) -> None:
-        self._compiled = compiled = stmt.compile(dialect=_SQLITE)
+        compiled = stmt.compile(dialect=_SQLITE)
         self.sql: str = compiled.string
+        # (name, converter, the statement's own value for a literal it bound itself)
         self._binds = [
-            (name, compiled.binds[name].type.dialect_impl(_SQLITE).bind_processor(_SQLITE))
+            (
+                name,
+                compiled.binds[name].type.dialect_impl(_SQLITE).bind_processor(_SQLITE),
+                compiled.binds[name].effective_value,
+            )
             for name in compiled.positiontup or ()
         ]
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        """The positional parameters for ``values`` (the statement's own literals
-        included), converted as SQLAlchemy would."""
-        every = self._compiled.construct_params(dict(values))
-        return tuple(
-            every[name] if convert is None else convert(every[name])
-            for name, convert in self._binds
-        )
+        """The positional parameters for ``values``, converted as SQLAlchemy would."""
+        out = []
+        for name, convert, own in self._binds:
+            value = values.get(name, _UNSET)
+            if value is _UNSET:
+                value = own
+            out.append(value if convert is None else convert(value))
+        return tuple(out)
+
+    def run(self, raw: sqlite3.Connection, values: Mapping[str, Any]) -> sqlite3.Cursor:
+        """Execute on ``raw``; a failure raises SQLAlchemy's exception class for it."""
+        params = self.params(values)
+        try:
+            return raw.execute(self.sql, params)
+        except sqlite3.Error as exc:
+            raise _translated(self.sql, exc) from exc
+
+    def run_many(self, raw: sqlite3.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        params = [self.params(r) for r in rows]
+        try:
+            raw.executemany(self.sql, params)
+        except sqlite3.Error as exc:
+            raise _translated(self.sql, exc) from exc
+
+
+def _translated(sql: str, exc: sqlite3.Error) -> sa_exc.StatementError:
+    # The classes callers see through SQLAlchemy (OperationalError for a busy or missing
+    # database); no parameters in the message (they hold payloads).
+    return sa_exc.DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True)
+
+
+def _result(column: str) -> Any:
+    """SQLAlchemy's conversion of a stored ``column`` value (a timestamp's text, say)."""
+    type_ = Q.__table__.c[column].type.dialect_impl(_SQLITE)
+    return type_.result_processor(_SQLITE, None)
+
+
+_SQLITE_TIMESTAMP = _result("created_at")
+
+
+async def sqlite_run(session: AsyncSession, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(raw, *args)`` on aiosqlite's thread, ``raw`` the sqlite3 connection under
+    ``session``, inside the session's transaction (its ``BEGIN IMMEDIATE`` runs first if
+    it has not yet): one hand-off for every statement ``fn`` runs."""
+    conn = await session.connection()
+    aio: Any = (await conn.get_raw_connection()).driver_connection
+    result: _T = await aio._execute(fn, aio._conn, *args)
+    return result
 
 
 _SQLITE_ENQUEUE_COLUMNS = (
@@ -637,59 +696,63 @@ _SQLITE_INSERT = SqliteStatement(
     )
 )
 _SQLITE_SUPERSEDE = SqliteStatement(_supersede_older_statement(one=True))
+_SQLITE_CLAIM_CANDIDATES = SqliteStatement(_CLAIM_SQLITE_CANDIDATES)
+_SQLITE_CLAIM = SqliteStatement(_CLAIM_SQLITE)
+_SQLITE_RECORD_FENCE = SqliteStatement(_RECORD_SQLITE_FENCE)
+_SQLITE_RECORD = SqliteStatement(_RECORD_SQLITE)
 
 
 def _sqlite_enqueue(
-    raw: sqlite3.Connection, insert_params: tuple[Any, ...], supersede_params: tuple[Any, ...]
+    raw: sqlite3.Connection, values: Mapping[str, Any], supersede: Mapping[str, Any]
 ) -> int:
-    """On aiosqlite's thread: insert, retire the older rows; returns the new row's id."""
-    statement, params = _SQLITE_INSERT.sql, insert_params
-    try:
-        new_id = raw.execute(statement, params).lastrowid
-        statement, params = _SQLITE_SUPERSEDE.sql, supersede_params
-        raw.execute(statement, params)
-    except sqlite3.Error as exc:
-        # The same exception classes as through SQLAlchemy; no payload in the message.
-        raise sa_exc.DBAPIError.instance(
-            statement, params, exc, sqlite3.Error, hide_parameters=True
-        ) from exc
+    """Insert, then retire the older rows of its fingerprint; returns the new row's id."""
+    new_id = _SQLITE_INSERT.run(raw, values).lastrowid
+    _SQLITE_SUPERSEDE.run(raw, supersede)
     assert new_id is not None
     return new_id
 
 
-async def sqlite_connection(session: AsyncSession) -> Any:
-    """The aiosqlite connection under ``session``, inside the session's transaction (its
-    ``BEGIN IMMEDIATE`` runs now if it has not yet)."""
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection
+def _sqlite_claim(raw: sqlite3.Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Read the candidates, lease them; each row is the claim's columns plus the previous
+    ``leased_until``. Writers are serialised (``BEGIN IMMEDIATE``), so reading first is as
+    safe as SQLite's missing ``UPDATE … FROM`` with a returned joined column would be."""
+    found = _SQLITE_CLAIM_CANDIDATES.run(raw, params).fetchall()
+    if not found:
+        return []
+    previous = {r[0]: r[1] for r in found}
+    ids = json.dumps(list(previous))
+    leased = _SQLITE_CLAIM.run(raw, {**params, "c_ids": ids}).fetchall()
+    created = _SQLITE_TIMESTAMP
+    return [
+        (*r[:9], created(r[9]), None if (p := previous[r[0]]) is None else created(p))
+        for r in leased
+    ]
+
+
+def _sqlite_record(
+    raw: sqlite3.Connection, fence: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+) -> list[int]:
+    """Write the outcomes of the rows still leased with the fence's token; returns their
+    ids. Writers are serialised: they cannot change between this read and the write."""
+    applied = [r[0] for r in _SQLITE_RECORD_FENCE.run(raw, fence).fetchall()]
+    keep = set(applied)
+    if keep:
+        _SQLITE_RECORD.run_many(raw, [r for r in rows if r["r_id"] in keep])
+    return applied
 
 
 class SqliteDialect(Dialect):
     name = "sqlite"
 
     async def alerts_claim(self, session: AsyncSession, params: dict[str, Any]) -> list[Any]:
-        # SQLite cannot return a joined column; its writers are serialised (BEGIN
-        # IMMEDIATE), so reading the candidates first is just as safe.
-        found = (await session.execute(_CLAIM_SQLITE_CANDIDATES, params)).all()
-        previous = {r[0]: r[1] for r in found}
-        if not previous:
-            return []
-        result = await session.execute(_CLAIM_SQLITE, {**params, "c_ids": list(previous)})
-        return [(*r, previous[r[0]]) for r in result.all()]
+        return await sqlite_run(session, _sqlite_claim, params)
 
     async def alerts_enqueue(
         self, session: AsyncSession, values: dict[str, Any], notify: bool
     ) -> CostSimAlertQueueModel:
         full = {"lease_token": 0, **values}
         supersede = {"fingerprint": values["fingerprint"], "now": values["created_at"]}
-        aio = await sqlite_connection(session)
-        new_id = await aio._execute(
-            _sqlite_enqueue,
-            aio._conn,
-            _SQLITE_INSERT.params(full),
-            _SQLITE_SUPERSEDE.params(supersede),
-        )
+        new_id = await sqlite_run(session, _sqlite_enqueue, full, supersede)
         row = Q(**{c.key: full.get(c.key) for c in Q.__table__.c if c.key != "id"}, id=new_id)
         # As though loaded by a query: persistent in this session, nothing left to flush.
         make_transient_to_detached(row)
@@ -704,33 +767,22 @@ class SqliteDialect(Dialect):
     ) -> list[int]:
         if not outcomes:
             return []
-        # Writers are serialised (BEGIN IMMEDIATE): the rows still leased by this token
-        # cannot change between this read and the executemany that writes them.
-        fence = {"r_ids": [o.id for o in outcomes], "r_token": lease_token}
-        applied = list((await session.scalars(_RECORD_SQLITE_FENCE, fence)).all())
-        if not applied:
-            return []
-        keep = set(applied)
-        ids, statuses, sent, nxt, errors, delivered = _record_params(
-            [o for o in outcomes if o.id in keep]
-        )
-        await session.execute(
-            _RECORD_SQLITE,
-            [
-                {
-                    "r_id": i,
-                    "r_status": st,
-                    "r_sent_at": se,
-                    "r_next": nx,
-                    "r_error": er,
-                    "r_delivered": de,
-                }
-                for i, st, se, nx, er, de in zip(
-                    ids, statuses, sent, nxt, errors, delivered, strict=True
-                )
-            ],
-        )
-        return applied
+        ids, statuses, sent, nxt, errors, delivered = _record_params(outcomes)
+        fence = {"r_ids": json.dumps(ids), "r_token": lease_token}
+        rows = [
+            {
+                "r_id": i,
+                "r_status": st,
+                "r_sent_at": se,
+                "r_next": nx,
+                "r_error": er,
+                "r_delivered": de,
+            }
+            for i, st, se, nx, er, de in zip(
+                ids, statuses, sent, nxt, errors, delivered, strict=True
+            )
+        ]
+        return await sqlite_run(session, _sqlite_record, fence, rows)
 
     def states_insert_ignore(self, values: dict[str, Any]) -> Any:
         return sqlite_insert(State).values(**values).on_conflict_do_nothing(index_elements=["name"])
