@@ -22,8 +22,9 @@ nothing more and hands back a batch it claimed but will not deliver (``alerts_re
 An idle worker waits for a wake-up (NOTIFY, the SQLite change watch, a producer of its own
 process). Only one loop, the lookout, also looks every ``poll_interval`` for what nothing
 announces (a retry coming due, a lease running out), and that look is one read; the other
-loops wait to be woken. On PostgreSQL a loop that claims a full batch (a backlog) wakes
-them; on SQLite its commits do, through the change watch.
+loops wait to be woken, and look as it does only while it is busy. Its look that finds
+due rows wakes them; on PostgreSQL so does any loop's full claim (a backlog), and on SQLite
+the claimer's commits do, through the change watch.
 
 A worker killed between 1 and 3 leaves leased rows that become due when the lease runs
 out; the next claim takes them back.
@@ -161,6 +162,8 @@ class AlertWorker:
         # claimer's commits wake them through the change watch, and waking them at every
         # full claim too cost 9% of a drain's rate (docs/benchmarks.md, section 3).
         self._wake_on_backlog = self.loops > 1 and not settings.is_sqlite
+        self._lookout_idle = False
+        """The lookout is in an idle wait nothing has interrupted: the others need not look."""
         self._cycling = 0
         self._full = False
         self._left = 0
@@ -184,6 +187,10 @@ class AlertWorker:
 
     def wake(self) -> None:
         """Make idle loops look for work now (called on NOTIFY)."""
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        self._lookout_idle = False  # the lookout is about to be busy: the others look
         self._wake.set()
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
@@ -341,11 +348,15 @@ class AlertWorker:
                     if counts.due == 0:
                         delay = self._delay_after(counts, drain)
                         if delay is None:
-                            self._wake.set()
+                            self._wake_all()
                             return
                         self.stats.idle_waits += 1
                         waited_out = await self._wait(stop, delay, lookout)
                         continue
+                    if self.loops > 1:
+                        # Work nothing announced, and this loop goes busy with it: the
+                        # others take the rest, or wait with a timeout meanwhile.
+                        self._wake_all()
                 self._cycling += 1
                 try:
                     batch = carried if carried is not None else await self._claim()
@@ -353,7 +364,7 @@ class AlertWorker:
                     if batch.rows:
                         self._full = len(batch.rows) >= self.settings.batch_size
                         if self._full and self._wake_on_backlog:
-                            self._wake.set()  # a backlog: the loops waiting to be woken too
+                            self._wake_all()  # a backlog: the loops waiting to be woken too
                         carried = await self._process(client, batch, claim_next)
                     elif lookout:
                         delay = await self._idle_delay(drain)
@@ -372,7 +383,7 @@ class AlertWorker:
                 if batch.rows or self._left_to_this_loop(batch):
                     continue
                 if delay is None:
-                    self._wake.set()  # a loop that left its work to this one: drained too
+                    self._wake_all()  # a loop that left its work to this one: drained too
                     return
                 self.stats.idle_waits += 1
                 waited_out = await self._wait(stop, delay, lookout)
@@ -421,9 +432,16 @@ class AlertWorker:
         return self.outage.backoff(self.settings.poll_interval)
 
     async def _wait(self, stop: asyncio.Event, delay: float, lookout: bool) -> bool:
-        """An idle loop's wait: ``delay`` for the lookout, until woken for the others.
+        """An idle loop's wait: ``delay`` for the lookout; for the others, until woken
+        while the lookout waits too, else ``delay`` (one of them looks while it is busy).
         Returns True when it ran out with nothing waking the loop."""
-        return await self._sleep(stop, delay if lookout else None)
+        if lookout:
+            self._lookout_idle = True
+            try:
+                return await self._sleep(stop, delay)
+            finally:
+                self._lookout_idle = False
+        return await self._sleep(stop, None if self._lookout_idle else delay)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float | None) -> bool:
         """Wait ``seconds`` (None: no limit) or until woken or stopped; True if it ran out."""

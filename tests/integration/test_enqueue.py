@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -367,14 +367,16 @@ async def test_the_enqueue_stores_exactly_what_sqlalchemys_own_insert_stores(
     # SQLite's enqueue runs plain sqlite3 statements (one hand-off to aiosqlite's thread):
     # every column must be stored as the ORM's insert stores it, and the row it returns
     # must equal the row read back.
-    now = datetime(2026, 12, 2, 1, 2, 3, 456789, tzinfo=UTC)
+    # Not UTC: the stored and returned timestamps must be UTC all the same.
+    now = datetime(2026, 12, 2, 3, 2, 3, 456789, tzinfo=timezone(timedelta(hours=2)))
     payload = validate_payload(
         [{"labels": {"alertname": "Same", "t": "ü'\"; --"}, "annotations": {"a": "b"}}], now=now
     )
     async with transaction(session_factory) as s:
         fast = await enqueue_alert(s, payload, "disable", "cb", "inc", now=now, max_attempts=7)
         fast_id = fast.id
-        returned = {c.key: getattr(fast, c.key) for c in Q.__table__.c}
+        # repr: equal instants in other offsets compare equal, and must not pass.
+        returned = {c.key: repr(getattr(fast, c.key)) for c in Q.__table__.c}
     async with transaction(session_factory) as s:
         orm = await get_queue_driver(s).alerts_insert(
             payload,
@@ -393,5 +395,5 @@ async def test_the_enqueue_stores_exactly_what_sqlalchemys_own_insert_stores(
         }
         loaded = await s.get(Q, fast_id)
         assert loaded is not None
-        assert {c.key: getattr(loaded, c.key) for c in Q.__table__.c} == returned
+        assert {c.key: repr(getattr(loaded, c.key)) for c in Q.__table__.c} == returned
     assert stored[fast_id] == stored[orm_id]

@@ -310,3 +310,17 @@ async def test_a_failing_sqlite_statement_run_by_the_driver_raises_sqlalchemys_c
     assert "SecretPayloadText" not in str(caught.value)
     async with session_factory() as s:
         assert await s.scalar(text("SELECT count(*) FROM costsim_alert_queue")) == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_closed_sqlite_connection_under_the_driver_is_an_operational_error(
+    db_url: str, session_factory: Factory
+) -> None:
+    # What SQLAlchemy's adapter reports for a closed aiosqlite connection, and what the
+    # worker's outage handling (db.is_database_error) recognises.
+    async with session_factory() as s:
+        raw = await (await s.connection()).get_raw_connection()
+        await raw.driver_connection.close()
+        with pytest.raises(sa_exc.OperationalError):
+            await enqueue_alert(s, alert("AfterClose"), "disable")
+        await s.invalidate()

@@ -25,7 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alertq import wakeup
 from alertq.config import Settings
-from alertq.db import create_engine, create_session_factory, read_transaction, transaction
+from alertq.db import (
+    EnqueueListener,
+    SqliteChangeWatcher,
+    create_engine,
+    create_session_factory,
+    read_transaction,
+    transaction,
+)
 from alertq.driver import get_queue_driver
 from alertq.engine import AlertWorker
 from alertq.enqueue import enqueue_alert
@@ -253,17 +260,33 @@ async def test_a_woken_idle_loop_leaves_new_rows_to_the_loop_in_a_cycle(
     assert batches == [["First"], ["Second", "Third"]]
 
 
-async def test_only_the_lookout_loop_looks_while_idle_and_its_look_is_a_read(
-    db_url: str, stub: StubAlertmanager
-) -> None:
-    # Nothing wakes the worker (no enqueue, a 60 s change watch): what runs is the poll.
-    settings = Settings(
+@pytest.fixture
+def no_wake_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No LISTEN connection and no change watch: only the poll finds work, and no late
+    connect wakes the loops in the middle of a test."""
+
+    async def nothing(_self: object) -> None:
+        return None
+
+    monkeypatch.setattr(EnqueueListener, "start", nothing)
+    monkeypatch.setattr(SqliteChangeWatcher, "start", nothing)
+
+
+def polling_settings(db_url: str, stub: StubAlertmanager) -> Settings:
+    return Settings(
         database_url=db_url,
         alertmanager_urls=[stub.url],
+        alertmanager_timeout=60,
+        lease_seconds=120,
         poll_interval=0.02,
-        sqlite_wake_interval=POLL,
         concurrency=3,
     )
+
+
+async def test_only_the_lookout_loop_looks_while_idle_and_its_look_is_a_read(
+    db_url: str, stub: StubAlertmanager, no_wake_sources: None
+) -> None:
+    settings = polling_settings(db_url, stub)
     engine = create_engine(settings)
     try:
         async with idle_worker(settings, create_session_factory(engine)) as worker:
@@ -278,21 +301,11 @@ async def test_only_the_lookout_loop_looks_while_idle_and_its_look_is_a_read(
     assert stub.requests == 0
 
 
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
-async def test_a_backlog_the_lookout_finds_wakes_the_other_loops(
-    db_url: str, stub: StubAlertmanager
+async def test_rows_the_lookouts_look_finds_wake_the_other_loops(
+    db_url: str, stub: StubAlertmanager, no_wake_sources: None
 ) -> None:
     # Rows that come due by time alone (as retries do): only the lookout's look sees them.
-    # PostgreSQL: on SQLite the claimer's commits wake the others through the change watch.
-    settings = Settings(
-        database_url=db_url,
-        alertmanager_urls=[stub.url],
-        alertmanager_timeout=60,
-        lease_seconds=120,
-        poll_interval=0.02,
-        sqlite_wake_interval=POLL,
-        concurrency=3,
-    )
+    settings = polling_settings(db_url, stub)
     engine = create_engine(settings)
     factory = create_session_factory(engine)
     clock = FakeClock()
@@ -303,11 +316,38 @@ async def test_a_backlog_the_lookout_finds_wakes_the_other_loops(
     stub.hang(60)  # every loop's POST stays in flight: three at once need three loops
     try:
         async with idle_worker(settings, factory, clock=clock) as worker:
-            # Past the start, when each loop claims and the listener's connection wakes them.
             await until(lambda: worker.stats.idle_looks >= 5, "five idle looks")
             clock.advance(61)
             three = await stub.wait_for_requests_async(3, within=DEADLINE)
             stub.stop()  # releases the hung POSTs, so the worker can stop
             assert three, f"{stub.requests} POST(s) in flight, not 3"
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_while_the_lookout_is_busy_another_loop_looks(
+    db_url: str, stub: StubAlertmanager, no_wake_sources: None
+) -> None:
+    # The lookout's POST hangs; a row that then comes due by time alone is taken by
+    # another loop within its poll. (On SQLite the others leave new rows to the loop in
+    # a cycle by design: one writer.)
+    settings = polling_settings(db_url, stub)
+    engine = create_engine(settings)
+    factory = create_session_factory(engine)
+    clock = FakeClock()
+    async with transaction(factory) as s:
+        await enqueue_alert(s, alert("First"), "disable", now=clock.now + timedelta(seconds=30))
+        await enqueue_alert(s, alert("Second"), "disable", now=clock.now + timedelta(seconds=60))
+    stub.hang(60)
+    try:
+        async with idle_worker(settings, factory, clock=clock) as worker:
+            await until(lambda: worker.stats.idle_looks >= 5, "five idle looks")
+            clock.advance(31)  # the lookout's look finds First, and its POST hangs
+            assert await stub.wait_for_requests_async(1, within=DEADLINE)
+            clock.advance(30)
+            two = await stub.wait_for_requests_async(2, within=DEADLINE)
+            stub.stop()  # releases the hung POSTs, so the worker can stop
+            assert two, "Second waited for the busy lookout"
     finally:
         await engine.dispose()

@@ -681,7 +681,14 @@ async def sqlite_run(session: AsyncSession, fn: Callable[..., _T], *args: Any) -
     it has not yet): one hand-off for every statement ``fn`` runs."""
     conn = await session.connection()
     aio: Any = (await conn.get_raw_connection()).driver_connection
-    result: _T = await aio._execute(fn, aio._conn, *args)
+    try:
+        result: _T = await aio._execute(fn, aio._conn, *args)
+    except ValueError as exc:
+        if aio._connection is not None and aio._running:
+            raise  # a value a statement could not take: the caller's error
+        # aiosqlite's "Connection closed": what SQLAlchemy's adapter reports as an
+        # OperationalError, which the worker's outage handling recognises.
+        raise _translated(fn.__name__, sqlite3.OperationalError(str(exc))) from exc
     return result
 
 
@@ -753,7 +760,9 @@ class SqliteDialect(Dialect):
         full = {"lease_token": 0, **values}
         supersede = {"fingerprint": values["fingerprint"], "now": values["created_at"]}
         new_id = await sqlite_run(session, _sqlite_enqueue, full, supersede)
-        row = Q(**{c.key: full.get(c.key) for c in Q.__table__.c if c.key != "id"}, id=new_id)
+        # As a loaded row has them: timestamps in UTC whatever offset the caller used.
+        at = {k: full[k].astimezone(UTC) for k in ("created_at", "next_attempt_at")}
+        row = Q(**{**{c.key: full.get(c.key) for c in Q.__table__.c}, **at, "id": new_id})
         # As though loaded by a query: persistent in this session, nothing left to flush.
         make_transient_to_detached(row)
         session.add(row)
