@@ -301,28 +301,43 @@ async def test_only_the_lookout_loop_looks_while_idle_and_its_look_is_a_read(
     assert stub.requests == 0
 
 
-async def test_rows_the_lookouts_look_finds_wake_the_other_loops(
-    db_url: str, stub: StubAlertmanager, no_wake_sources: None
-) -> None:
-    # Rows that come due by time alone (as retries do): only the lookout's look sees them.
+@asynccontextmanager
+async def hung_polling_worker(
+    db_url: str, stub: StubAlertmanager, rows: list[tuple[str, float]]
+) -> AsyncIterator[FakeClock]:
+    """:func:`polling_settings`' worker, idle, over ``rows`` (alertname, seconds until
+    due by the worker's clock); every POST hangs until the stub stops. Yields the clock."""
     settings = polling_settings(db_url, stub)
     engine = create_engine(settings)
     factory = create_session_factory(engine)
     clock = FakeClock()
     async with transaction(factory) as s:
-        for i in range(3 * settings.batch_size):
-            later = clock.now + timedelta(minutes=1)
-            await enqueue_alert(s, alert(f"Later{i}"), "disable", now=later)
-    stub.hang(60)  # every loop's POST stays in flight: three at once need three loops
+        for name, seconds in rows:
+            await enqueue_alert(
+                s, alert(name), "disable", now=clock.now + timedelta(seconds=seconds)
+            )
+    stub.hang(60)
     try:
         async with idle_worker(settings, factory, clock=clock) as worker:
             await until(lambda: worker.stats.idle_looks >= 5, "five idle looks")
-            clock.advance(61)
-            three = await stub.wait_for_requests_async(3, within=DEADLINE)
-            stub.stop()  # releases the hung POSTs, so the worker can stop
-            assert three, f"{stub.requests} POST(s) in flight, not 3"
+            try:
+                yield clock
+            finally:
+                stub.stop()  # releases the hung POSTs, so the worker can stop
     finally:
         await engine.dispose()
+
+
+async def test_rows_the_lookouts_look_finds_wake_the_other_loops(
+    db_url: str, stub: StubAlertmanager, no_wake_sources: None
+) -> None:
+    # Rows that come due by time alone (as retries do): only the lookout's look sees them.
+    # Every POST hangs: three in flight at once need three loops.
+    backlog = [(f"Later{i}", 60.0) for i in range(3 * 256)]
+    async with hung_polling_worker(db_url, stub, backlog) as clock:
+        clock.advance(61)
+        three = await stub.wait_for_requests_async(3, within=DEADLINE)
+    assert three, f"{stub.requests} POST(s) in flight, not 3"
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
@@ -332,22 +347,9 @@ async def test_while_the_lookout_is_busy_another_loop_looks(
     # The lookout's POST hangs; a row that then comes due by time alone is taken by
     # another loop within its poll. (On SQLite the others leave new rows to the loop in
     # a cycle by design: one writer.)
-    settings = polling_settings(db_url, stub)
-    engine = create_engine(settings)
-    factory = create_session_factory(engine)
-    clock = FakeClock()
-    async with transaction(factory) as s:
-        await enqueue_alert(s, alert("First"), "disable", now=clock.now + timedelta(seconds=30))
-        await enqueue_alert(s, alert("Second"), "disable", now=clock.now + timedelta(seconds=60))
-    stub.hang(60)
-    try:
-        async with idle_worker(settings, factory, clock=clock) as worker:
-            await until(lambda: worker.stats.idle_looks >= 5, "five idle looks")
-            clock.advance(31)  # the lookout's look finds First, and its POST hangs
-            assert await stub.wait_for_requests_async(1, within=DEADLINE)
-            clock.advance(30)
-            two = await stub.wait_for_requests_async(2, within=DEADLINE)
-            stub.stop()  # releases the hung POSTs, so the worker can stop
-            assert two, "Second waited for the busy lookout"
-    finally:
-        await engine.dispose()
+    async with hung_polling_worker(db_url, stub, [("First", 30.0), ("Second", 60.0)]) as clock:
+        clock.advance(31)  # the lookout's look finds First, and its POST hangs
+        assert await stub.wait_for_requests_async(1, within=DEADLINE)
+        clock.advance(30)
+        two = await stub.wait_for_requests_async(2, within=DEADLINE)
+    assert two, "Second waited for the busy lookout"
