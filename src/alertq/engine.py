@@ -163,7 +163,8 @@ class AlertWorker:
         # full claim too cost 9% of a drain's rate (docs/benchmarks.md, section 3).
         self._wake_on_backlog = self.loops > 1 and not settings.is_sqlite
         self._lookout_idle = False
-        """The lookout is in an idle wait nothing has interrupted: the others need not look."""
+        """The lookout is idle (waiting, or looking and finding nothing to claim), and no
+        wake-up has come since: the others need not look."""
         self._cycling = 0
         self._full = False
         self._left = 0
@@ -335,8 +336,10 @@ class AlertWorker:
                     continue
                 delay: float | None = None
                 backoff: float | None = None
-                if waited_out and carried is None:
-                    # One read, not a claim and a read: the look finds nothing most times.
+                # The wait ran out: one read, not a claim and a read (it finds nothing most
+                # times), and a claim only when rows are due.
+                looked = waited_out and carried is None
+                if looked:
                     waited_out = False
                     try:
                         counts = await self._counts()
@@ -353,17 +356,20 @@ class AlertWorker:
                         self.stats.idle_waits += 1
                         waited_out = await self._wait(stop, delay, lookout)
                         continue
-                    if self.loops > 1:
-                        # Work nothing announced, and this loop goes busy with it: the
-                        # others take the rest, or wait with a timeout meanwhile.
-                        self._wake_all()
                 self._cycling += 1
                 try:
                     batch = carried if carried is not None else await self._claim()
                     carried = None
                     if batch.rows:
                         self._full = len(batch.rows) >= self.settings.batch_size
-                        if self._full and self._wake_on_backlog:
+                        if lookout:
+                            self._lookout_idle = False
+                        if looked and self.loops > 1:
+                            # Work nothing announced, and this loop goes busy with it: the
+                            # others take the rest, or wait with a timeout meanwhile. (Not
+                            # when the claim found the due rows blocked by labels in flight.)
+                            self._wake_all()
+                        elif self._full and self._wake_on_backlog:
                             self._wake_all()  # a backlog: the loops waiting to be woken too
                         carried = await self._process(client, batch, claim_next)
                     elif lookout:
@@ -436,11 +442,8 @@ class AlertWorker:
         while the lookout waits too, else ``delay`` (one of them looks while it is busy).
         Returns True when it ran out with nothing waking the loop."""
         if lookout:
-            self._lookout_idle = True
-            try:
-                return await self._sleep(stop, delay)
-            finally:
-                self._lookout_idle = False
+            self._lookout_idle = True  # until a wake-up, or a claim that finds rows
+            return await self._sleep(stop, delay)
         return await self._sleep(stop, None if self._lookout_idle else delay)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float | None) -> bool:

@@ -353,3 +353,33 @@ async def test_while_the_lookout_is_busy_another_loop_looks(
         clock.advance(30)
         two = await stub.wait_for_requests_async(2, within=DEADLINE)
     assert two, "Second waited for the busy lookout"
+
+
+async def test_due_rows_blocked_by_labels_in_flight_do_not_wake_the_other_loops(
+    db_url: str, stub: StubAlertmanager, no_wake_sources: None
+) -> None:
+    # A newer row of labels another worker has in flight is due but cannot be claimed:
+    # each look finds it "due" and the lookout's claim finds nothing. The lookout alone
+    # claims; waking the other loops each time would have them claim nothing too.
+    settings = polling_settings(db_url, stub)
+    engine = create_engine(settings)
+    factory = create_session_factory(engine)
+    now = datetime.now(UTC)
+    async with transaction(factory) as s:
+        await enqueue_alert(s, alert("InFlight"), "disable", now=now)
+    async with transaction(factory) as s:
+        held = await get_queue_driver(s).alerts_claim(now, 1, now + timedelta(hours=1), 7, "other")
+    assert len(held) == 1
+    async with transaction(factory) as s:
+        await enqueue_alert(s, alert("InFlight"), "enable", now=now)  # waits behind it
+    try:
+        async with idle_worker(settings, factory) as worker:
+            await until(lambda: worker.stats.idle_looks >= 10, "ten idle looks")
+            looks, claims = worker.stats.idle_looks, worker.stats.claims
+            await until(lambda: worker.stats.idle_looks >= looks + 30, "thirty more looks")
+            # One claim per look, by the lookout, not one per loop (+1: a look is counted
+            # before its claim, so a snapshot can fall between the two).
+            assert worker.stats.claims - claims <= worker.stats.idle_looks - looks + 1
+    finally:
+        await engine.dispose()
+    assert stub.requests == 0
