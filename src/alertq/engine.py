@@ -113,7 +113,8 @@ class WorkerStats:
     idle_waits: int = 0
     """How often a loop found nothing to do and went to wait (for a wake-up or a poll)."""
     idle_looks: int = 0
-    """How often the lookout's wait ran out and it read the queue's counts instead of claiming."""
+    """How often an idle loop's wait ran out and it read the queue's counts before claiming
+    (the lookout; another loop only while the lookout is busy)."""
     left_to_cycling_loop: int = 0
     """How often an idle loop went back to wait, leaving new rows to a loop in a cycle."""
     last_error_by_target: dict[str, str] = field(default_factory=dict)
@@ -375,7 +376,8 @@ class AlertWorker:
                     elif lookout:
                         delay = await self._idle_delay(drain)
                     else:
-                        delay = self.settings.poll_interval  # unused: _wait waits for a wake
+                        # Used only while the lookout is busy (then this loop looks too).
+                        delay = self.settings.poll_interval
                 except Exception as exc:
                     carried = None  # rolled back with the record, or never claimed
                     backoff = self._cycle_failed(exc, drain)
